@@ -1,0 +1,301 @@
+"""What the sequence and token DataModules share: finding the raw splits (embedded demo, local
+files or the Hugging Face hub), turning labels into ids, tokenizing once with a disk cache, and
+dynamically padded dataloaders. Subclasses say how rows are read, tokenized and collated."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules import demo
+from datamodules.errors import InputError
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = "1"  # bump when the encoding changes, so old caches are not reused
+
+
+def load_tokenizer(name_or_path: str, cache_dir: str | Path, add_prefix_space: bool = False):
+    """``"demo"`` -> the demo WordPiece tokenizer; anything else -> ``AutoTokenizer.from_pretrained``."""
+    if name_or_path == "demo":
+        return demo.demo_tokenizer(cache_dir)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        # byte-level BPE tokenizers need a leading space to split pre-tokenized words like the
+        # middle of a sentence (as in transformers' run_ner.py)
+        if add_prefix_space and type(tokenizer).__name__.startswith(
+            ("Roberta", "GPT2", "Bart", "Deberta", "Longformer", "Bloom")
+        ):
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, add_prefix_space=True)
+    except OSError:
+        raise InputError(
+            f"tokenizer {name_or_path!r} is neither a local folder nor reachable on the "
+            "Hugging Face hub: pass an existing folder or hub name as data.tokenizer"
+        ) from None
+    return tokenizer
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    task: str  # "sequence" or "token", set by subclasses; linked to the model's task by the CLI
+    label_column_name: str  # the column that holds labels after reading
+
+    def __init__(
+        self,
+        dataset: str = "demo",
+        dataset_config: str | None = None,
+        data_files: dict[str, str] | None = None,
+        tokenizer: str | None = None,
+        label_names: list[str] | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        validation_split: str = "validation",
+        test_split: str = "test",
+        predict_split: str = "test",
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        cache_dir: str = "~/.cache/shrink",
+    ) -> None:
+        """
+        Args:
+            dataset: ``"demo"`` (embedded, offline), a Hugging Face hub dataset name (``"glue"``,
+                ``"conll2003"``), or ``"files"`` to read ``data_files``.
+            dataset_config: hub dataset configuration, e.g. ``"sst2"`` for ``glue``.
+            data_files: split name -> local file, e.g. ``{train: train.tsv, validation: dev.tsv}``.
+                Giving it implies ``dataset: files``.
+            tokenizer: hub name or folder of the tokenizer; ``"demo"`` for the demo WordPiece.
+                Defaults to the model's ``model_name_or_path``.
+            label_names: label list in id order. Read from the training data when not given.
+                Integer labels in the data index into this list.
+            max_length: truncate longer inputs (in sub-tokens, special tokens included).
+            batch_size: training batch size per device.
+            eval_batch_size: batch size for validate/test/predict (default: ``batch_size``).
+            num_workers: DataLoader worker processes.
+            validation_split / test_split / predict_split: which split each stage reads.
+            max_train_samples / max_eval_samples: keep only the first N rows (quick runs).
+            cache_dir: where tokenized splits and the demo tokenizer are cached.
+        """
+        super().__init__()
+        if data_files:
+            dataset = "files"
+        if dataset == "files" and not data_files:
+            raise InputError("data.dataset is 'files' but data.data_files is empty: give split -> path pairs")
+        self.dataset, self.dataset_config, self.data_files = dataset, dataset_config, data_files or {}
+        self.tokenizer_name = tokenizer
+        self._label_names = list(label_names) if label_names else None
+        self.max_length, self.batch_size = max_length, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.splits = {
+            "fit": "train",
+            "validate": validation_split,
+            "test": test_split,
+            "predict": predict_split,
+        }
+        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
+        self.cache_dir = Path(cache_dir).expanduser()
+        self._raw: dict[str, list[dict]] = {}
+        self._encoded: dict[str, Any] = {}
+        self._tokenizer = None
+
+    # --- subclass hooks ----------------------------------------------------------------------
+    def read_file(self, path: str) -> list[dict]:
+        raise NotImplementedError
+
+    def read_hub(self, split: str) -> list[dict]:
+        raise NotImplementedError
+
+    def encode(self, batch: dict[str, list]) -> dict[str, list]:
+        """Tokenize a batch of normalised rows (labels already ids or absent)."""
+        raise NotImplementedError
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def sort_labels(self, labels: set[str]) -> list[str]:
+        return sorted(labels)
+
+    # --- raw rows ----------------------------------------------------------------------------
+    def raw_split(self, split: str) -> list[dict]:
+        """The rows of ``split`` with normalised column names and string labels (or none)."""
+        if split not in self._raw:
+            if self.dataset == "demo":
+                rows = demo.demo_split(self.task, split)
+            elif self.dataset == "files":
+                if split not in self.data_files:
+                    raise InputError(
+                        f"no file for split {split!r} in data.data_files (have {sorted(self.data_files)}): "
+                        f"add '{split}: path' or choose another split"
+                    )
+                rows = self.read_file(self.data_files[split])
+            else:
+                rows = self.read_hub(split)
+            limit = self.max_train_samples if split == self.splits["fit"] else self.max_eval_samples
+            rows = rows[:limit] if limit else rows
+            if not rows:
+                raise InputError(f"split {split!r} of {self.source} is empty: point it at data with rows")
+            self._raw[split] = rows
+        return self._raw[split]
+
+    @property
+    def source(self) -> str:
+        return (
+            ", ".join(f"{k}={v}" for k, v in self.data_files.items())
+            if self.data_files
+            else repr(self.dataset)
+        )
+
+    def has_labels(self, rows: list[dict]) -> bool:
+        return any(row.get(self.label_column_name) is not None for row in rows)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Labels in id order: from the config, or sorted from the training split."""
+        if self._label_names is None:
+            if self.dataset == "files" and "train" not in self.data_files:
+                raise InputError("cannot infer the label list without a train file: set data.label_names")
+            rows = self.raw_split(self.splits["fit"])
+            values = set()
+            for row in rows:
+                value = row.get(self.label_column_name)
+                values.update(value if isinstance(value, list) else [value])
+            values.discard(None)
+            if not values:
+                raise InputError(f"the training split of {self.source} has no labels: set data.label_names")
+            self._label_names = self.sort_labels({str(v) for v in values})
+        return self._label_names
+
+    def label_id(self, value: Any, split: str) -> int:
+        """Id of one raw label: its position in ``label_names``, or an integer index into it."""
+        names = self.label_names
+        text = str(value)
+        if text in self._label_index:
+            return self._label_index[text]
+        if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
+            return int(text)
+        raise InputError(
+            f"label {text!r} in split {split!r} is not in the label list {names}: "
+            "add it to data.label_names or fix the data"
+        )
+
+    @functools.cached_property
+    def _label_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+    # --- tokenized splits --------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if self.tokenizer_name is None:
+                raise InputError("no tokenizer: set data.tokenizer (or model.model_name_or_path)")
+            self._tokenizer = load_tokenizer(
+                self.tokenizer_name, self.cache_dir, add_prefix_space=self.task == "token"
+            )
+        return self._tokenizer
+
+    def _cache_key(self, split: str, rows: list[dict]) -> str:
+        tokenizer = self.tokenizer
+        parts = [
+            CACHE_VERSION,
+            type(self).__name__,
+            split,
+            self.max_length,
+            self.label_names,
+            self._encode_options(),
+            tokenizer.name_or_path,
+            hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+            hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest(),
+        ]
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+    def _encode_options(self) -> dict:
+        return {}
+
+    def encoded_split(self, split: str):
+        """The tokenized split as a ``datasets.Dataset``, cached on disk by content hash."""
+        if split not in self._encoded:
+            from datasets import Dataset
+
+            rows = self.raw_split(split)
+            labelled = self.has_labels(rows)
+            table = []
+            for i, row in enumerate(rows):
+                item = dict(row, idx=i)
+                value = row.get(self.label_column_name)
+                if labelled:
+                    if value is None:
+                        raise InputError(
+                            f"row {i} of split {split!r} has no label while others do: label it or drop it"
+                        )
+                    item[self.label_column_name] = (
+                        [self.label_id(v, split) for v in value]
+                        if isinstance(value, list)
+                        else self.label_id(value, split)
+                    )
+                else:
+                    item.pop(self.label_column_name, None)
+                table.append(item)
+            cache_file = self.cache_dir / "encoded" / f"{split}-{self._cache_key(split, rows)}.arrow"
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            encoded = Dataset.from_list(table).map(
+                self.encode,
+                batched=True,
+                remove_columns=list(table[0].keys() - {"idx"}),
+                cache_file_name=str(cache_file),
+                desc=f"tokenizing {split}",
+            )
+            truncated = sum(encoded["truncated"])
+            if truncated:
+                log.warning(
+                    "%s: %d of %d examples truncated at max_length=%d",
+                    split,
+                    truncated,
+                    len(encoded),
+                    self.max_length,
+                )
+            self._encoded[split] = encoded.remove_columns("truncated")
+        return self._encoded[split]
+
+    # --- Lightning hooks ---------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # tokenizes on rank 0 first so other ranks read the cache
+        self.tokenizer  # noqa: B018
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.encoded_split(self.splits["fit"])
+            self.encoded_split(self.splits["validate"])
+        else:
+            self.encoded_split(self.splits[stage])
+
+    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.encoded_split(self.splits[stage]),
+            batch_size=self.batch_size if stage == "fit" else self.eval_batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validate")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

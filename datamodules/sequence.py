@@ -1,0 +1,65 @@
+"""Sequence classification data: one text (e.g. a sentence) and one label per row."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DataCollatorWithPadding
+
+from datamodules.base import ClassificationDataModule
+from datamodules.errors import InputError
+from datamodules.readers import read_table
+
+
+class SequenceClassificationDataModule(ClassificationDataModule):
+    task = "sequence"
+    label_column_name = "label"
+
+    def __init__(self, *args, text_column: str = "text", label_column: str = "label", **kwargs) -> None:
+        """
+        Args:
+            text_column: column holding the text (``sentence`` for SST-2).
+            label_column: column holding the label, an index or a name (absent for unlabelled predict data).
+        """
+        super().__init__(*args, **kwargs)
+        self.text_column, self.label_column = text_column, label_column
+
+    def _normalise(self, rows: list[dict], where: str) -> list[dict]:
+        if rows and self.text_column not in rows[0]:
+            raise InputError(
+                f"{where} has no text column {self.text_column!r} (columns: {sorted(rows[0])}): "
+                "set data.text_column"
+            )
+        return [{"text": row[self.text_column], "label": row.get(self.label_column)} for row in rows]
+
+    def read_file(self, path: str) -> list[dict]:
+        return self._normalise(read_table(path), path)
+
+    def read_hub(self, split: str) -> list[dict]:
+        from datasets import load_dataset
+
+        data = load_dataset(self.dataset, self.dataset_config, split=split)
+        feature = data.features.get(self.label_column)
+        rows = self._normalise(data.to_list(), f"{self.dataset}/{self.dataset_config or ''}:{split}")
+        if hasattr(feature, "names"):  # ClassLabel: ids -> names; -1 marks unlabelled (GLUE test)
+            self._label_names = self._label_names or list(feature.names)
+            for row in rows:
+                row["label"] = None if row["label"] == -1 else feature.names[row["label"]]
+        return rows
+
+    def encode(self, batch: dict[str, list]) -> dict[str, list]:
+        encoded = self.tokenizer(batch["text"], truncation=True, max_length=self.max_length)
+        lengths = self.tokenizer(batch["text"], truncation=False, return_length=True)["length"]
+        encoded["truncated"] = [n > self.max_length for n in lengths]
+        if "label" in batch:
+            encoded["labels"] = batch["label"]
+        return encoded
+
+    @property
+    def _collator(self) -> DataCollatorWithPadding:
+        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        idx = torch.tensor([row.pop("idx") for row in rows])
+        batch = dict(self._collator(rows))
+        batch["idx"] = idx
+        return batch

@@ -1,0 +1,197 @@
+"""What every stage (fine-tune, distill, QAT) shares: building the Hugging Face classifier with
+readable labels, the optimizer and schedule, task metrics, and predictions as label names.
+A stage subclasses ``ClassificationModule`` and writes its own ``training_step``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from datamodules.errors import InputError
+from datamodules.token import word_start_mask
+from lightning_modules.metrics import EntityF1
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def build_classifier(
+    task: str,
+    label_names: list[str],
+    model_name_or_path: str | None = None,
+    model_config: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> torch.nn.Module:
+    """An ``AutoModelFor{Sequence,Token}Classification`` from a hub name or folder, or from a
+    config dict (``{"model_type": "bert", "hidden_size": 128, ...}``) for a from-scratch model.
+    ``id2label`` is written into the model config so checkpoints and exports stay readable."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    if task not in ("sequence", "token"):
+        raise InputError(f"task must be 'sequence' or 'token', got {task!r}")
+    auto = AutoModelForSequenceClassification if task == "sequence" else AutoModelForTokenClassification
+    labels = {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+    if (model_name_or_path is None) == (model_config is None):
+        raise InputError(
+            "give exactly one of model.model_name_or_path (pretrained) or model.model_config (from scratch)"
+        )
+    if model_config is not None:
+        config = dict(model_config)
+        model_type = config.pop("model_type", None)
+        if model_type is None:
+            raise InputError(
+                "model.model_config needs a model_type, e.g. {model_type: bert, hidden_size: 128}"
+            )
+        return auto.from_config(AutoConfig.for_model(model_type, **config, **labels))
+    try:
+        return auto.from_pretrained(
+            model_name_or_path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **labels
+        )
+    except OSError:
+        raise InputError(
+            f"model {model_name_or_path!r} is neither a local folder with a model nor reachable on "
+            "the Hugging Face hub: fix model.model_name_or_path (offline? set HF_HUB_OFFLINE=1 "
+            "and use a local folder)"
+        ) from None
+
+
+class ClassificationModule(L.LightningModule):
+    """Shared base. Subclasses build ``self.model`` (a Hugging Face classifier) and a ``training_step``."""
+
+    def __init__(
+        self,
+        task: str = "sequence",
+        label_names: list[str] | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.06,
+        adam_epsilon: float = 1e-8,
+        entity_mode: str = "strict",
+    ) -> None:
+        super().__init__()
+        if not label_names:
+            raise InputError(
+                "model.label_names is empty: give the labels or let the CLI read them from the data"
+            )
+        self.task, self.label_names = task, list(label_names)
+        self.learning_rate, self.weight_decay, self.warmup_ratio, self.adam_epsilon = (
+            learning_rate,
+            weight_decay,
+            warmup_ratio,
+            adam_epsilon,
+        )
+        n = len(self.label_names)
+        if task == "sequence":
+            metrics = MetricCollection(
+                {
+                    "accuracy": MulticlassAccuracy(n, average="micro"),
+                    "f1_macro": MulticlassF1Score(n, average="macro"),
+                }
+            )
+        else:
+            metrics = MetricCollection(
+                {"entity": EntityF1(entity_mode), "token_accuracy": MulticlassAccuracy(n, average="micro")}
+            )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # --- forward ---------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], **kwargs: Any):
+        return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, **kwargs)
+
+    @staticmethod
+    def batch_size(batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].shape[0]
+
+    # --- evaluation --------------------------------------------------------------------------
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        output = self(batch, labels=batch["labels"])
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        predictions = output.logits.argmax(-1)
+        if self.task == "sequence":
+            metrics.update(predictions, batch["labels"])
+        else:
+            starts = word_start_mask(batch["word_ids"])
+            metrics["token_accuracy"].update(predictions[starts], batch["labels"][starts])
+            metrics["entity"].update(*self._word_tags(predictions, batch["labels"], starts))
+        self.log(f"{stage}/loss", output.loss, batch_size=self.batch_size(batch), sync_dist=True)
+
+    def _word_tags(self, predictions: torch.Tensor, labels: torch.Tensor, starts: torch.Tensor):
+        names = self.label_names
+        predicted, gold = [], []
+        for p, g, s in zip(predictions.tolist(), labels.tolist(), starts.tolist(), strict=True):
+            predicted.append([names[x] for x, keep in zip(p, s, strict=True) if keep])
+            gold.append([names[x] for x, keep in zip(g, s, strict=True) if keep])
+        return predicted, gold
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        values = metrics.compute()
+        flat = {}
+        for key, value in values.items():
+            if isinstance(value, dict):  # EntityF1 returns precision / recall / f1
+                flat.update({f"{stage}/{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        self.log_dict(flat, sync_dist=False)  # metric states are already synced across ranks
+        metrics.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        """One dict per example: ``idx`` (row in the split) and label names (a list per word for NER)."""
+        logits = self(batch).logits.float()
+        probabilities = logits.softmax(-1)
+        if self.task == "sequence":
+            scores, ids = probabilities.max(-1)
+            return [
+                {"idx": i, "label": self.label_names[c], "score": round(s, 6)}
+                for i, c, s in zip(batch["idx"].tolist(), ids.tolist(), scores.tolist(), strict=True)
+            ]
+        starts = word_start_mask(batch["word_ids"])
+        tags, _ = self._word_tags(probabilities.argmax(-1), probabilities.argmax(-1), starts)
+        return [{"idx": i, "labels": t} for i, t in zip(batch["idx"].tolist(), tags, strict=True)]
+
+    # --- optimisation -----------------------------------------------------------------------
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """What the optimizer sees; distillation overrides this to leave the teacher out."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        # no weight decay on biases and normalisation weights (as BERT and run_glue.py)
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+        named = self.trainable_parameters()
+        groups = [
+            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": self.weight_decay},
+            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, eps=self.adam_epsilon)
+        total = self.trainer.estimated_stepping_batches
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def save_pretrained(self, folder: str | Path, tokenizer: Any = None) -> None:
+        """Write the classifier (and tokenizer) as a Hugging Face folder, loadable without this project."""
+        self.model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
