@@ -52,7 +52,7 @@ def build_classifier(
             )
         return auto.from_config(AutoConfig.for_model(model_type, **config, **labels))
     try:
-        return auto.from_pretrained(
+        model = auto.from_pretrained(
             model_name_or_path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **labels
         )
     except OSError:
@@ -61,6 +61,9 @@ def build_classifier(
             "the Hugging Face hub: fix model.model_name_or_path (offline? set HF_HUB_OFFLINE=1 "
             "and use a local folder)"
         ) from None
+    # from_pretrained returns eval mode and Lightning keeps each module's mode: without this,
+    # dropout would stay off during training
+    return model.train()
 
 
 class ClassificationModule(L.LightningModule):

@@ -61,9 +61,13 @@ class PredictionWriter(BasePredictionWriter):
     "score"}`` per sentence, or ``{"tokens", "labels"}`` with one tag per word. Written to a
     temporary file and renamed, so a failed run leaves an earlier file intact."""
 
-    def __init__(self, output_file: str = "predictions.jsonl") -> None:
+    def __init__(self, output_file: str | None = None) -> None:
+        """
+        Args:
+            output_file: JSON-lines file to write; default ``predictions.jsonl`` in the CLI's ``out_dir``.
+        """
         super().__init__(write_interval="epoch")
-        self.output_file = Path(output_file)
+        self.output_file = Path(output_file or "predictions.jsonl")
 
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any

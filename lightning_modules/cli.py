@@ -10,6 +10,9 @@ defaults to ``model.model_name_or_path``, so each is set in one place only.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import netrc
 import os
 import sys
@@ -46,18 +49,64 @@ class LoggedConfig(SaveConfigCallback):
 
 class ShrinkCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--out_dir",
+            type=str | None,
+            default=None,
+            help="run folder: checkpoints/, config.yaml, W&B run and predictions go here "
+            "unless a callback or the logger names its own path",
+        )
         parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        """jsonargparse prints the whole usage and a nested report on a bad key; keep one line."""
+        report = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(report):
+                super().parse_arguments(parser, args)
+        except SystemExit as e:
+            if e.code in (0, None):  # --help, --print_config
+                sys.stderr.write(report.getvalue())
+                raise
+            text = report.getvalue()
+            message = text[text.find("error:") + len("error:") :] if "error:" in text else text
+            print(f"error: {config_error_line(message)} (see `shrink SUBCOMMAND --help`)", file=sys.stderr)
+            sys.exit(2)
+        sys.stderr.write(report.getvalue())
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         data, model = config.data.init_args, config.model.init_args
+        if config.get("out_dir"):
+            self._place_outputs(config, config.out_dir)
         if data.get("tokenizer") is None:
             if model.get("model_name_or_path") is None:
                 raise InputError(
                     "no tokenizer: set data.tokenizer (a from-scratch model has no model_name_or_path)"
                 )
             data.tokenizer = model.model_name_or_path
+
+    @staticmethod
+    def _place_outputs(config, out_dir: str) -> None:
+        """Fill unset output paths from ``out_dir``: a fixed checkpoint folder is what lets
+        ``--ckpt_path last`` find the previous run (W&B's default folder changes per run)."""
+        trainer = config.trainer
+        trainer.default_root_dir = out_dir
+        logger = trainer.get("logger")
+        for item in logger if isinstance(logger, list) else [logger]:
+            if getattr(item, "init_args", None) is not None and item.init_args.get("save_dir") in (
+                None,
+                "",
+                ".",
+            ):
+                item.init_args.save_dir = out_dir
+        for callback in trainer.get("callbacks") or []:
+            args = callback.init_args
+            if callback.class_path.endswith("ModelCheckpoint") and not args.get("dirpath"):
+                args.dirpath = os.path.join(out_dir, "checkpoints")
+            if callback.class_path.endswith("PredictionWriter") and not args.get("output_file"):
+                args.output_file = os.path.join(out_dir, "predictions.jsonl")
 
     def _restore_best_path(self) -> None:
         """Let ``--ckpt_path best`` work in a new process: the best path is read from ``last.ckpt``."""
@@ -81,6 +130,46 @@ class ShrinkCLI(LightningCLI):
 
     before_validate = before_test = before_predict = _restore_best_path
 
+    def _write_metrics(self) -> None:
+        """``{stage}_metrics.json`` in the run folder, for scripts (the demo, benchmarks) to read."""
+        if self.trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+            path = os.path.join(self.trainer.default_root_dir, f"{self.subcommand}_metrics.json")
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(metrics, f, indent=1, sort_keys=True)
+            os.replace(path + ".tmp", path)
+
+    after_validate = after_test = _write_metrics
+
+
+def input_error_in(error: BaseException | None) -> InputError | None:
+    """The InputError behind ``error``: jsonargparse wraps errors raised while instantiating classes."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, InputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def config_error_line(message: str) -> str:
+    """Condense a jsonargparse error (union subtypes, nested reasons) to the line that names the problem."""
+    lines = list(dict.fromkeys(line.strip() for line in message.splitlines() if line.strip()))
+    if not lines:
+        return "invalid arguments"
+    head, rest = lines[0], lines[1:]
+    keywords = ("not accepted", "required", "nrecognized", "does not exist", "No such")
+    specific = [line for line in rest if any(k in line for k in keywords)]
+    if specific:
+        return f"{head} {specific[0]}"
+    inner = [line for line in rest if line.startswith("Parser key")]
+    given = [line for line in rest if line.startswith("Given value:")]
+    if inner and given:  # a value of the wrong type deep inside a class's arguments
+        return f"{head} {inner[-1]} invalid value ({given[0]})"
+    return head
+
 
 def main(args: list[str] | None = None) -> None:
     wandb_mode_default()
@@ -95,8 +184,11 @@ def main(args: list[str] | None = None) -> None:
             args=args,
             auto_configure_optimizers=False,
         )
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - only our InputError is turned into one line
+        cause = input_error_in(e)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
 
 

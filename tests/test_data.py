@@ -1,0 +1,130 @@
+"""Readers and DataModules on small files written by the tests."""
+
+from pathlib import Path
+
+import pytest
+
+from datamodules import InputError, SequenceClassificationDataModule, TokenClassificationDataModule
+from datamodules.readers import read_conll, read_table
+
+CONLL = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+
+
+BRUSSELS NNP B-NP B-LOC
+"""
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_conll_reader_sentences_docstart_and_tag_column(tmp_path):
+    path = write(tmp_path / "a.txt", CONLL)
+    assert read_conll(path, tag_column=3) == [
+        {"tokens": ["EU", "rejects", "German"], "tags": ["B-ORG", "O", "B-MISC"]},
+        {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]},
+        {"tokens": ["BRUSSELS"], "tags": ["B-LOC"]},
+    ]
+    assert read_conll(path, tag_column=2)[1]["tags"] == ["B-NP", "I-NP"]  # chunk column
+
+
+def test_conll_reader_names_file_and_line_of_a_bad_row(tmp_path):
+    path = write(tmp_path / "bad.txt", "EU NNP B-NP B-ORG\nrejects VBZ O\n")
+    with pytest.raises(InputError, match=r"bad\.txt:2: expected 4 columns .* found 3"):
+        read_conll(path)
+    with pytest.raises(InputError, match="tag_column=7"):
+        read_conll(write(tmp_path / "ok.txt", "EU B-ORG\n"), tag_column=7)
+
+
+def test_tsv_keeps_bare_quotes_and_strips_cells(tmp_path):
+    path = write(tmp_path / "a.tsv", 'sentence\tlabel\nit \'s a " charming " film \t1\nbad \t0\n')
+    assert read_table(path) == [
+        {"sentence": 'it \'s a " charming " film', "label": "1"},
+        {"sentence": "bad", "label": "0"},
+    ]
+
+
+def test_csv_and_jsonl(tmp_path):
+    assert read_table(write(tmp_path / "a.csv", 'text,label\n"good, really",pos\n')) == [
+        {"text": "good, really", "label": "pos"}
+    ]
+    assert read_table(write(tmp_path / "a.jsonl", '{"text": "x", "label": 1}\n\n{"text": "y"}\n')) == [
+        {"text": "x", "label": 1},
+        {"text": "y"},
+    ]
+    with pytest.raises(InputError, match=r"a2\.jsonl:1: not a JSON object"):
+        read_table(write(tmp_path / "a2.jsonl", "{oops\n"))
+
+
+def sequence_module(tmp_path, train: str, **kwargs) -> SequenceClassificationDataModule:
+    files = {"train": write(tmp_path / "train.tsv", train)}
+    return SequenceClassificationDataModule(
+        data_files=files, tokenizer="demo", cache_dir=str(tmp_path / "c"), **kwargs
+    )
+
+
+def test_labels_read_from_data_or_config(tmp_path):
+    dm = sequence_module(tmp_path, "text\tlabel\ngood\tpos\nbad\tneg\nok\tpos\n")
+    assert dm.label_names == ["neg", "pos"]
+    assert dm.encoded_split("train")["labels"] == [1, 0, 1]
+    # integers index a configured label list
+    dm = sequence_module(tmp_path, "text\tlabel\ngood\t1\nbad\t0\n", label_names=["negative", "positive"])
+    assert dm.encoded_split("train")["labels"] == [1, 0]
+
+
+def test_label_not_in_list(tmp_path):
+    dm = sequence_module(tmp_path, "text\tlabel\ngood\tpos\nbad\tmeh\n", label_names=["neg", "pos"])
+    with pytest.raises(
+        InputError, match=r"label 'meh' in split 'train' is not in the label list \['neg', 'pos'\]"
+    ):
+        dm.encoded_split("train")
+
+
+def test_missing_text_column_and_empty_split(tmp_path):
+    with pytest.raises(InputError, match="no text column 'sentence'"):
+        sequence_module(tmp_path, "text\tlabel\ngood\t1\n", text_column="sentence").raw_split("train")
+    with pytest.raises(InputError, match="split 'train' .* is empty"):
+        sequence_module(tmp_path, "text\tlabel\n").raw_split("train")
+
+
+def test_truncation_is_counted_and_tokenization_cached(tmp_path, caplog):
+    dm = sequence_module(
+        tmp_path, "text\tlabel\n" + "the movie was good . " * 20 + "\t1\nbad\t0\n", max_length=16
+    )
+    encoded = dm.encoded_split("train")
+    assert [len(ids) for ids in encoded["input_ids"]] == [16, 3]
+    assert "1 of 2 examples truncated at max_length=16" in caplog.text
+    cached = list((tmp_path / "c" / "encoded").glob("train-*.arrow"))
+    assert len(cached) == 1
+    # same data and settings -> same cache file; another max_length -> another file
+    sequence_module(
+        tmp_path, "text\tlabel\n" + "the movie was good . " * 20 + "\t1\nbad\t0\n", max_length=16
+    ).encoded_split("train")
+    sequence_module(
+        tmp_path, "text\tlabel\n" + "the movie was good . " * 20 + "\t1\nbad\t0\n", max_length=32
+    ).encoded_split("train")
+    assert len(list((tmp_path / "c" / "encoded").glob("train-*.arrow"))) == 2
+
+
+def test_token_module_keeps_word_ids_and_pads_batches(tmp_path):
+    files = {"train": write(tmp_path / "train.txt", CONLL)}
+    dm = TokenClassificationDataModule(
+        data_files=files, tokenizer="demo", tag_column=3, cache_dir=str(tmp_path / "c"), batch_size=3
+    )
+    assert dm.label_names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER"]
+    batch = next(iter(dm._loader("fit")))
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["word_ids"].shape
+    for row in range(3):
+        words = batch["word_ids"][row]
+        labelled = batch["labels"][row] != -100
+        first = [w for i, w in enumerate(words.tolist()) if w >= 0 and (i == 0 or words[i - 1] != w)]
+        assert labelled.sum() == len(first)  # one label per word
+        assert (batch["labels"][row][batch["attention_mask"][row] == 0] == -100).all()

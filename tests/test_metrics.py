@@ -1,0 +1,56 @@
+import random
+
+import pytest
+from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
+
+from lightning_modules.metrics import EntityF1, entities
+
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+
+
+def test_entities_by_hand():
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "B-ORG", "I-LOC", "B-LOC"]
+    assert entities(tags, "strict") == {("PER", 0, 2), ("ORG", 4, 5), ("LOC", 6, 7)}
+    # conlleval: a stray I- opens an entity
+    assert entities(tags, "conlleval") == {
+        ("PER", 0, 2),
+        ("LOC", 3, 4),
+        ("ORG", 4, 5),
+        ("LOC", 5, 6),
+        ("LOC", 6, 7),
+    }
+
+
+def test_f1_by_hand():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O"]]
+    metric = EntityF1()
+    metric.update(pred, gold)
+    result = metric.compute()  # 2 correct of 3 predicted, 3 gold
+    assert result["precision"].item() == pytest.approx(2 / 3)
+    assert result["recall"].item() == pytest.approx(2 / 3)
+    assert result["f1"].item() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("mode", ["strict", "conlleval"])
+def test_matches_seqeval_on_random_sequences(mode):
+    rng = random.Random(0)
+    kwargs = {"mode": "strict", "scheme": IOB2} if mode == "strict" else {}
+    for _ in range(300):
+        gold = [[rng.choice(TAGS) for _ in range(rng.randint(1, 20))] for _ in range(rng.randint(1, 12))]
+        pred = [[rng.choice(TAGS) if rng.random() < 0.4 else t for t in sentence] for sentence in gold]
+        metric = EntityF1(mode)
+        # two updates, as two validation batches
+        metric.update(pred[: len(pred) // 2], gold[: len(gold) // 2])
+        metric.update(pred[len(pred) // 2 :], gold[len(gold) // 2 :])
+        result = metric.compute()
+        assert result["f1"].item() == pytest.approx(f1_score(gold, pred, **kwargs), abs=1e-6)
+        assert result["precision"].item() == pytest.approx(precision_score(gold, pred, **kwargs), abs=1e-6)
+        assert result["recall"].item() == pytest.approx(recall_score(gold, pred, **kwargs), abs=1e-6)
+
+
+def test_no_entities_gives_zero_not_nan():
+    metric = EntityF1()
+    metric.update([["O", "O"]], [["O", "O"]])
+    assert metric.compute()["f1"].item() == 0.0
