@@ -54,6 +54,7 @@ class ClassificationDataModule(L.LightningDataModule):
         dataset_config: str | None = None,
         data_files: dict[str, str] | None = None,
         tokenizer: str | None = None,
+        teacher_tokenizer: str | None = None,
         label_names: list[str] | None = None,
         max_length: int = 128,
         batch_size: int = 32,
@@ -75,6 +76,8 @@ class ClassificationDataModule(L.LightningDataModule):
                 Giving it implies ``dataset: files``.
             tokenizer: hub name or folder of the tokenizer; ``"demo"`` for the demo WordPiece.
                 Defaults to the model's ``model_name_or_path``.
+            teacher_tokenizer: for distillation from a teacher that tokenizes differently (e.g. MPNet
+                teacher, BERT student): each example is tokenized for both, with word ids to align them.
             label_names: label list in id order. Read from the training data when not given.
                 Integer labels in the data index into this list.
             max_length: truncate longer inputs (in sub-tokens, special tokens included).
@@ -92,6 +95,7 @@ class ClassificationDataModule(L.LightningDataModule):
             raise InputError("data.dataset is 'files' but data.data_files is empty: give split -> path pairs")
         self.dataset, self.dataset_config, self.data_files = dataset, dataset_config, data_files or {}
         self.tokenizer_name = tokenizer
+        self.teacher_tokenizer_name = teacher_tokenizer if teacher_tokenizer != tokenizer else None
         self._label_names = list(label_names) if label_names else None
         self.max_length, self.batch_size = max_length, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -107,6 +111,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self._raw: dict[str, list[dict]] = {}
         self._encoded: dict[str, Any] = {}
         self._tokenizer = None
+        self._teacher_tokenizer = None
 
     # --- subclass hooks ----------------------------------------------------------------------
     def read_file(self, path: str) -> list[dict]:
@@ -115,11 +120,17 @@ class ClassificationDataModule(L.LightningDataModule):
     def read_hub(self, split: str) -> list[dict]:
         raise NotImplementedError
 
-    def encode(self, batch: dict[str, list]) -> dict[str, list]:
-        """Tokenize a batch of normalised rows (labels already ids or absent)."""
+    def tokenize(self, tokenizer, batch: dict[str, list]) -> dict[str, list]:
+        """Tokenize a batch of rows: model inputs, ``word_ids`` (-1 = no word) and ``truncated`` flags."""
         raise NotImplementedError
 
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def label_ids(self, batch: dict[str, list], encoded: dict[str, list]) -> list:
+        """Labels for the tokenized batch (labels in ``batch`` are already ids)."""
+        raise NotImplementedError
+
+    @property
+    def collator(self):
+        """The transformers collator that pads the student's inputs and labels."""
         raise NotImplementedError
 
     def sort_labels(self, labels: set[str]) -> list[str]:
@@ -203,8 +214,18 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         return self._tokenizer
 
-    def _cache_key(self, split: str, rows: list[dict]) -> str:
-        tokenizer = self.tokenizer
+    @property
+    def teacher_tokenizer(self):
+        """The teacher's own tokenizer, or None when teacher and student share one."""
+        if self._teacher_tokenizer is None and self.teacher_tokenizer_name is not None:
+            self._teacher_tokenizer = load_tokenizer(
+                self.teacher_tokenizer_name, self.cache_dir, self.task == "token"
+            )
+        return self._teacher_tokenizer
+
+    def split_fingerprint(self, split: str) -> str:
+        """A hash of everything the tokenized ``split`` depends on: data, tokenizers and settings."""
+        tokenizers = [t for t in (self.tokenizer, self.teacher_tokenizer) if t is not None]
         parts = [
             CACHE_VERSION,
             type(self).__name__,
@@ -212,13 +233,48 @@ class ClassificationDataModule(L.LightningDataModule):
             self.max_length,
             self.label_names,
             self._encode_options(),
-            tokenizer.name_or_path,
-            hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
-            hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest(),
+            [
+                (t.name_or_path, hashlib.sha256(t.backend_tokenizer.to_str().encode()).hexdigest())
+                for t in tokenizers
+            ],
+            hashlib.sha256(json.dumps(self.raw_split(split), sort_keys=True).encode()).hexdigest(),
         ]
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
+    def encode(self, batch: dict[str, list]) -> dict[str, list]:
+        encoded = self.tokenize(self.tokenizer, batch)
+        if self.label_column_name in batch:
+            encoded["labels"] = self.label_ids(batch, encoded)
+        if self.teacher_tokenizer is not None:
+            teacher = self.tokenize(self.teacher_tokenizer, batch)
+            encoded.update({f"teacher_{k}": v for k, v in teacher.items() if k != "truncated"})
+        return encoded
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Dynamic padding: the student's inputs and labels by the transformers collator, word ids
+        with -1, the teacher's inputs (if any) by its own tokenizer."""
+        idx = torch.tensor([row.pop("idx") for row in rows])
+        extra = {
+            k: [row.pop(k) for row in rows]
+            for k in list(rows[0])
+            if k == "word_ids" or k.startswith("teacher_")
+        }
+        batch = dict(self.collator(rows))
+        batch["word_ids"] = _pad(extra["word_ids"], batch["input_ids"].shape[1])
+        if "teacher_input_ids" in extra:
+            inputs = {
+                k[len("teacher_") :]: v
+                for k, v in extra.items()
+                if k.startswith("teacher_") and k != "teacher_word_ids"
+            }
+            padded = self.teacher_tokenizer.pad(inputs, pad_to_multiple_of=8, return_tensors="pt")
+            batch.update({f"teacher_{k}": v for k, v in padded.items()})
+            batch["teacher_word_ids"] = _pad(extra["teacher_word_ids"], padded["input_ids"].shape[1])
+        batch["idx"] = idx
+        return batch
+
     def _encode_options(self) -> dict:
+        """Subclass settings that change the encoding (part of the cache key)."""
         return {}
 
     def encoded_split(self, split: str):
@@ -245,7 +301,7 @@ class ClassificationDataModule(L.LightningDataModule):
                 else:
                     item.pop(self.label_column_name, None)
                 table.append(item)
-            cache_file = self.cache_dir / "encoded" / f"{split}-{self._cache_key(split, rows)}.arrow"
+            cache_file = self.cache_dir / "encoded" / f"{split}-{self.split_fingerprint(split)}.arrow"
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             encoded = Dataset.from_list(table).map(
                 self.encode,
@@ -269,7 +325,7 @@ class ClassificationDataModule(L.LightningDataModule):
     # --- Lightning hooks ---------------------------------------------------------------------
     def prepare_data(self) -> None:
         # tokenizes on rank 0 first so other ranks read the cache
-        self.tokenizer  # noqa: B018
+        self.tokenizer, self.teacher_tokenizer  # noqa: B018
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -299,3 +355,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def _pad(rows: list[list[int]], width: int, value: int = -1) -> torch.Tensor:
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import torch
+import functools
+
 from transformers import DataCollatorWithPadding
 
 from datamodules.base import ClassificationDataModule
@@ -46,20 +47,19 @@ class SequenceClassificationDataModule(ClassificationDataModule):
                 row["label"] = None if row["label"] == -1 else feature.names[row["label"]]
         return rows
 
-    def encode(self, batch: dict[str, list]) -> dict[str, list]:
-        encoded = self.tokenizer(batch["text"], truncation=True, max_length=self.max_length)
-        lengths = self.tokenizer(batch["text"], truncation=False, return_length=True)["length"]
+    def tokenize(self, tokenizer, batch: dict[str, list]) -> dict[str, list]:
+        encoded = tokenizer(batch["text"], truncation=True, max_length=self.max_length)
+        lengths = tokenizer(batch["text"], truncation=False, return_length=True)["length"]
         encoded["truncated"] = [n > self.max_length for n in lengths]
-        if "label" in batch:
-            encoded["labels"] = batch["label"]
-        return encoded
+        # word ids (from the tokenizer's pre-tokenizer) let hidden-state transfer align two tokenizers
+        encoded["word_ids"] = [
+            [-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(batch["text"]))
+        ]
+        return dict(encoded)
 
-    @property
-    def _collator(self) -> DataCollatorWithPadding:
+    def label_ids(self, batch: dict[str, list], encoded: dict[str, list]) -> list[int]:
+        return batch["label"]
+
+    @functools.cached_property
+    def collator(self) -> DataCollatorWithPadding:
         return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
-
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        idx = torch.tensor([row.pop("idx") for row in rows])
-        batch = dict(self._collator(rows))
-        batch["idx"] = idx
-        return batch

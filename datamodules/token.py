@@ -5,6 +5,8 @@ padding): metrics read one prediction per word from them, and cross-tokenizer di
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers import DataCollatorForTokenClassification
 
@@ -97,8 +99,8 @@ class TokenClassificationDataModule(ClassificationDataModule):
                 row["tags"] = [feature.names[t] for t in row["tags"]]
         return rows
 
-    def encode(self, batch: dict[str, list]) -> dict[str, list]:
-        encoded = self.tokenizer(
+    def tokenize(self, tokenizer, batch: dict[str, list]) -> dict[str, list]:
+        encoded = tokenizer(
             batch["tokens"], is_split_into_words=True, truncation=True, max_length=self.max_length
         )
         word_ids = [encoded.word_ids(i) for i in range(len(batch["tokens"]))]
@@ -106,23 +108,16 @@ class TokenClassificationDataModule(ClassificationDataModule):
             max((w for w in ids if w is not None), default=-1) + 1 < len(words)
             for ids, words in zip(word_ids, batch["tokens"], strict=True)
         ]
-        if "tags" in batch:
-            encoded["labels"] = [
-                align_labels(ids, tags, self.label_names, self.label_all_tokens)
-                for ids, tags in zip(word_ids, batch["tags"], strict=True)
-            ]
         encoded["word_ids"] = [[-1 if w is None else w for w in ids] for ids in word_ids]
-        return encoded
+        return dict(encoded)
 
-    @property
-    def _collator(self) -> DataCollatorForTokenClassification:
+    def label_ids(self, batch: dict[str, list], encoded: dict[str, list]) -> list[list[int]]:
+        word_ids = [[None if w < 0 else w for w in ids] for ids in encoded["word_ids"]]
+        return [
+            align_labels(ids, tags, self.label_names, self.label_all_tokens)
+            for ids, tags in zip(word_ids, batch["tags"], strict=True)
+        ]
+
+    @functools.cached_property
+    def collator(self) -> DataCollatorForTokenClassification:
         return DataCollatorForTokenClassification(self.tokenizer, pad_to_multiple_of=8)
-
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        idx = torch.tensor([row.pop("idx") for row in rows])
-        word_ids = [row.pop("word_ids") for row in rows]
-        batch = dict(self._collator(rows))
-        width = batch["input_ids"].shape[1]
-        batch["word_ids"] = torch.tensor([ids + [-1] * (width - len(ids)) for ids in word_ids])
-        batch["idx"] = idx
-        return batch

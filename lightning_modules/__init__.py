@@ -1,9 +1,11 @@
 from lightning_modules.base import ClassificationModule, build_classifier
 from lightning_modules.callbacks import PredictionWriter, ThroughputLogger
+from lightning_modules.distill import DistillationModule
 from lightning_modules.finetune import FineTuneModule
 
 __all__ = [
     "ClassificationModule",
+    "DistillationModule",
     "FineTuneModule",
     "PredictionWriter",
     "ThroughputLogger",

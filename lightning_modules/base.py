@@ -19,6 +19,58 @@ from lightning_modules.metrics import EntityF1
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def _auto_class(task: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    if task not in ("sequence", "token"):
+        raise InputError(f"task must be 'sequence' or 'token', got {task!r}")
+    return AutoModelForSequenceClassification if task == "sequence" else AutoModelForTokenClassification
+
+
+def load_classifier(
+    path: str, task: str, trust_remote_code: bool = False, role: str = "model"
+) -> torch.nn.Module:
+    """A trained classifier: a ``.ckpt`` of this project (rebuilt from the Hugging Face config stored
+    in it, so the original model folder is not needed) or a folder / hub name with a classification head."""
+    from transformers import AutoConfig
+
+    auto = _auto_class(task)
+    if str(path).endswith(".ckpt"):
+        if not Path(path).is_file():
+            raise InputError(f"{role} checkpoint {path!r} does not exist: fix the path")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        found = checkpoint.get("hyper_parameters", {}).get("task")
+        if found != task:
+            raise InputError(
+                f"{role} checkpoint {path} is a {found}-classification model but the data is {task} "
+                "classification: use a checkpoint of the same task"
+            )
+        if "hf_config" not in checkpoint:
+            raise InputError(
+                f"{role} checkpoint {path} holds no model config: it was not written by this project"
+            )
+        config = dict(checkpoint["hf_config"])
+        model = auto.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+        prefix = "model."
+        model.load_state_dict(
+            {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        )
+        return model
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError:
+        raise InputError(
+            f"{role} {path!r} is neither a .ckpt, a local model folder nor reachable on the hub: fix the path"
+        ) from None
+    heads = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+    if not any(heads[task] in name for name in config.architectures or []):
+        raise InputError(
+            f"{role} {path!r} has no fine-tuned {task}-classification head (architectures: "
+            f"{config.architectures}): fine-tune it first with `shrink fit`"
+        )
+    return auto.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
 def build_classifier(
     task: str,
     label_names: list[str],
@@ -29,11 +81,9 @@ def build_classifier(
     """An ``AutoModelFor{Sequence,Token}Classification`` from a hub name or folder, or from a
     config dict (``{"model_type": "bert", "hidden_size": 128, ...}``) for a from-scratch model.
     ``id2label`` is written into the model config so checkpoints and exports stay readable."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import AutoConfig
 
-    if task not in ("sequence", "token"):
-        raise InputError(f"task must be 'sequence' or 'token', got {task!r}")
-    auto = AutoModelForSequenceClassification if task == "sequence" else AutoModelForTokenClassification
+    auto = _auto_class(task)
     labels = {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),
@@ -51,6 +101,15 @@ def build_classifier(
                 "model.model_config needs a model_type, e.g. {model_type: bert, hidden_size: 128}"
             )
         return auto.from_config(AutoConfig.for_model(model_type, **config, **labels))
+    if model_name_or_path.endswith(".ckpt"):  # e.g. a distilled student, loaded without its teacher
+        model = load_classifier(model_name_or_path, task, trust_remote_code)
+        found = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if found != list(label_names):
+            raise InputError(
+                f"checkpoint labels {found} differ from the data's labels {list(label_names)}: "
+                "set data.label_names to the checkpoint's order"
+            )
+        return model.train()
     try:
         model = auto.from_pretrained(
             model_name_or_path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **labels
@@ -192,6 +251,13 @@ class ClassificationModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the Hugging Face config makes the checkpoint rebuildable without the original model folder
+        checkpoint["hf_config"] = self.model.config.to_dict()
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(datamodule, "tokenizer_name", None):  # lets distillation check the teacher's tokenizer
+            checkpoint["hf_config"]["shrink_tokenizer"] = datamodule.tokenizer_name
 
     def save_pretrained(self, folder: str | Path, tokenizer: Any = None) -> None:
         """Write the classifier (and tokenizer) as a Hugging Face folder, loadable without this project."""

@@ -40,7 +40,7 @@ def test_fit_resume_test_predict(tmp_path, task, metric):
     assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8, losses  # the loss falls
     assert len(logged(tmp_path, metric)) == 3  # validated each epoch
     assert logged(tmp_path, "train/tokens_per_sec")[-1] > 0
-    assert logged(tmp_path, "lr-AdamW")  # LearningRateMonitor
+    assert logged(tmp_path, "lr-AdamW/pg1")  # LearningRateMonitor (param group with weight decay)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and len(checkpoints) >= 2, checkpoints
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B offline run

@@ -1,0 +1,321 @@
+"""Distillation: loss formulas, the frozen teacher, cross-tokenizer alignment, the teacher cache,
+student initialisation and loading, bad input. In-process Trainer runs on tiny models (CPU)."""
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules import InputError, SequenceClassificationDataModule, TokenClassificationDataModule
+from lightning_modules import DistillationModule, FineTuneModule
+from lightning_modules.losses import kd_loss, per_word
+from tests.conftest import ROOT, run_cli
+
+TINY = {
+    "model_type": "bert",
+    "vocab_size": 1000,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+STUDENT = dict(TINY, hidden_size=16, num_hidden_layers=2)
+
+
+def datamodule(task: str, cache: Path, **kwargs):
+    cls = SequenceClassificationDataModule if task == "sequence" else TokenClassificationDataModule
+    return cls(
+        tokenizer="demo",
+        cache_dir=str(cache),
+        max_train_samples=96,
+        max_eval_samples=32,
+        batch_size=16,
+        **kwargs,
+    )
+
+
+def trainer(**kwargs) -> L.Trainer:
+    options = {
+        "max_steps": 4,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 1,
+    }
+    return L.Trainer(**(options | kwargs))
+
+
+@pytest.fixture(scope="module", params=["sequence", "token"])
+def teacher(request, tmp_path_factory) -> tuple[str, Path, str]:
+    """(task, cache dir, path of a tiny fine-tuned teacher checkpoint)."""
+    task, tmp = request.param, tmp_path_factory.mktemp(f"teacher-{request.param}")
+    L.seed_everything(0)
+    dm = datamodule(task, tmp)
+    module = FineTuneModule(model_config=TINY, task=task, label_names=dm.label_names, learning_rate=1e-3)
+    run = trainer()
+    run.fit(module, dm)
+    path = tmp / "teacher.ckpt"
+    run.save_checkpoint(path)
+    return task, tmp, str(path)
+
+
+# --- loss formulas --------------------------------------------------------------------------
+def test_kd_loss_matches_the_formula_by_hand():
+    student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    teacher = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    T = 3.0
+    expected = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist(), strict=True):
+        s_exp = [math.exp(v / T) for v in s_row]
+        t_exp = [math.exp(v / T) for v in t_row]
+        p = [v / sum(t_exp) for v in t_exp]
+        q = [v / sum(s_exp) for v in s_exp]
+        expected += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+    expected = T**2 * expected / 2
+    assert kd_loss(student, teacher, T).item() == pytest.approx(expected, rel=1e-5)
+    # masking: only the second row counts
+    mask = torch.tensor([False, True])
+    assert kd_loss(student, teacher, T, mask).item() == pytest.approx(
+        kd_loss(student[1:], teacher[1:], T).item(), rel=1e-6
+    )
+    assert kd_loss(teacher, teacher, T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_token_kd_masks_padding_and_continuation_subtokens(teacher):
+    task, cache, path = teacher
+    if task != "token":
+        pytest.skip("token-level masking")
+    dm = datamodule("token", cache)
+    module = DistillationModule(
+        teacher=path,
+        student_config=STUDENT,
+        task="token",
+        label_names=dm.label_names,
+        alpha=0.3,
+        temperature=2.0,
+    )
+    module.eval()
+    batch = dm.collate([dict(dm.encoded_split("train")[i]) for i in range(4)])
+    losses = module.distillation_losses(batch)
+    with torch.no_grad():
+        s = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t = module.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    first = batch["labels"] != -100  # first sub-tokens of words: no padding, no specials, no continuations
+    expected_kd = kd_loss(s[first], t[first], 2.0)
+    expected_ce = torch.nn.functional.cross_entropy(s[first], batch["labels"][first])
+    assert losses["kd_loss"].item() == pytest.approx(expected_kd.item(), rel=1e-5)
+    assert losses["ce_loss"].item() == pytest.approx(expected_ce.item(), rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(
+        0.3 * expected_kd.item() + 0.7 * expected_ce.item(), rel=1e-5
+    )
+
+
+# --- the frozen teacher ---------------------------------------------------------------------
+def test_teacher_frozen_not_optimized_not_checkpointed_and_student_loads_alone(teacher, tmp_path):
+    task, cache, path = teacher
+    dm = datamodule(task, cache)
+    module = DistillationModule(
+        teacher=path,
+        student_config=STUDENT,
+        task=task,
+        label_names=dm.label_names,
+        hidden_weight=1.0,
+        learning_rate=1e-3,
+    )
+    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    run = trainer()
+    run.fit(module, dm)
+    after = module.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not module.teacher.training
+    optimized = {id(p) for group in run.optimizers[0].param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in module.teacher.parameters()}
+    assert {id(p) for p in module.projections.parameters()} <= optimized  # 16 -> 32 projections are trained
+
+    student_ckpt = tmp_path / "student.ckpt"
+    run.save_checkpoint(student_ckpt)
+    state = torch.load(student_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert not any("teacher" in k for k in state)
+    assert sum(v.numel() for k, v in state.items() if k.startswith("model.")) == sum(
+        p.numel() for p in module.model.parameters()
+    )
+    # the student checkpoint loads and predicts without the teacher
+    alone = FineTuneModule(model_name_or_path=str(student_ckpt), task=task, label_names=dm.label_names).eval()
+    module.eval()
+    batch = dm.collate([dict(dm.encoded_split("validation")[i]) for i in range(4)])
+    with torch.no_grad():
+        assert torch.allclose(alone(batch).logits, module(batch).logits)
+
+
+# --- cross-tokenizer alignment --------------------------------------------------------------
+def other_tokenizer(folder: Path) -> str:
+    """A lowercasing WordPiece with its own vocabulary and special-token ids (unlike the demo's)."""
+    from tokenizers import BertWordPieceTokenizer
+    from tokenizers.processors import BertProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    from datamodules.demo import demo_split
+
+    text = [" ".join(r["tokens"]) for r in demo_split("token", "train")] + [
+        r["text"] for r in demo_split("sequence", "train")
+    ]
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(
+        text, vocab_size=300, special_tokens=["[UNK]", "[MASK]", "[SEP]", "[PAD]", "[CLS]"]
+    )
+    wordpiece.post_processor = BertProcessing(
+        ("[SEP]", wordpiece.token_to_id("[SEP]")), ("[CLS]", wordpiece.token_to_id("[CLS]"))
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    ).save_pretrained(folder)
+    return str(folder)
+
+
+def test_cross_tokenizer_alignment_lines_up_words(tmp_path):
+    dm = datamodule("token", tmp_path, teacher_tokenizer=other_tokenizer(tmp_path / "tok"))
+    rows = dm.encoded_split("train")
+    batch = dm.collate([dict(rows[i]) for i in range(8)])
+    assert batch["teacher_input_ids"].shape[0] == 8 and "teacher_word_ids" in batch
+    assert dm.teacher_tokenizer.pad_token_id != dm.tokenizer.pad_token_id
+    n_words = int(batch["word_ids"].max()) + 1
+    # gather each sub-token's text at word starts in both tokenizations: words must agree
+    student_ids, s_present = per_word(batch["input_ids"], batch["word_ids"], n_words)
+    teacher_ids, t_present = per_word(batch["teacher_input_ids"], batch["teacher_word_ids"], n_words)
+    assert torch.equal(s_present, t_present)
+    for row in range(8):
+        words = dm.raw_split("train")[int(batch["idx"][row])]["tokens"]
+        for w in range(len(words)):
+            s_piece = dm.tokenizer.convert_ids_to_tokens(int(student_ids[row, w]))
+            t_piece = dm.teacher_tokenizer.convert_ids_to_tokens(int(teacher_ids[row, w]))
+            assert words[w].startswith(s_piece) and words[w].lower().startswith(t_piece), (
+                words[w],
+                s_piece,
+                t_piece,
+            )
+    assert (teacher_ids != student_ids)[s_present].any()  # really two vocabularies
+
+
+# --- teacher cache --------------------------------------------------------------------------
+def test_cached_and_live_teacher_give_the_same_loss(teacher, caplog):
+    task, cache, path = teacher
+    dm = datamodule(task, cache)
+    modules = []
+    for use_cache in (False, True):
+        L.seed_everything(1)
+        module = DistillationModule(
+            teacher=path,
+            student_config=STUDENT,
+            task=task,
+            label_names=dm.label_names,
+            teacher_cache=use_cache,
+            cache_dir=str(cache),
+        )
+        trainer(max_steps=1).fit(module, dm)
+        modules.append(module.eval())
+    modules[1].model.load_state_dict(modules[0].model.state_dict())
+    assert modules[1]._cache is not None and modules[0]._cache is None
+    for start in (0, 40):
+        batch = dm.collate([dict(dm.encoded_split("train")[i]) for i in range(start, start + 16)])
+        live, cached = (m.distillation_losses(batch) for m in modules)
+        assert cached["kd_loss"].item() == pytest.approx(live["kd_loss"].item(), rel=1e-5)
+    # another teacher (changed weights) gets another key: the cache is rebuilt, not reused
+    caplog.clear()
+    other = DistillationModule(
+        teacher=path,
+        student_config=STUDENT,
+        task=task,
+        label_names=dm.label_names,
+        teacher_cache=True,
+        cache_dir=str(cache),
+    )
+    with torch.no_grad():
+        next(other.teacher.parameters()).add_(1.0)
+    trainer(max_steps=1).fit(other, dm)
+    assert "building" in caplog.text
+
+
+# --- student initialisation -----------------------------------------------------------------
+def test_student_layers_copy_the_chosen_teacher_layers(teacher):
+    task, cache, path = teacher
+    dm = datamodule(task, cache)
+    module = DistillationModule(teacher=path, student_layers=[0, 2], task=task, label_names=dm.label_names)
+    student, source = module.model.base_model.encoder.layer, module.teacher.base_model.encoder.layer
+    assert len(student) == 2 and module.model.config.num_hidden_layers == 2
+    for kept, original in ((0, 0), (1, 2)):
+        for (name, a), (_, b) in zip(
+            student[kept].state_dict().items(), source[original].state_dict().items(), strict=True
+        ):
+            assert torch.equal(a, b), name
+    assert not any(p is q for p in module.model.parameters() for q in module.teacher.parameters())  # a copy
+
+
+# --- bad input ------------------------------------------------------------------------------
+def test_bad_input(teacher):
+    task, cache, path = teacher
+    names = datamodule(task, cache).label_names
+    with pytest.raises(InputError, match=r"teacher labels \[.*\] differ from the data's labels \['x', 'y'\]"):
+        DistillationModule(teacher=path, student_config=STUDENT, task=task, label_names=["x", "y"])
+    other = "token" if task == "sequence" else "sequence"
+    with pytest.raises(InputError, match=f"is a {task}-classification model but the data is {other}"):
+        DistillationModule(teacher=path, student_config=STUDENT, task=other, label_names=names)
+    with pytest.raises(InputError, match="layer_map 7: 2 names a layer that does not exist"):
+        DistillationModule(
+            teacher=path,
+            student_config=STUDENT,
+            task=task,
+            label_names=names,
+            hidden_weight=1.0,
+            layer_map={7: 2},
+        )
+    with pytest.raises(InputError, match="does not exist"):
+        DistillationModule(teacher="/no/such.ckpt", student_config=STUDENT, task=task, label_names=names)
+
+
+# --- the CLI --------------------------------------------------------------------------------
+def test_distill_via_cli(teacher, tmp_path):
+    task, cache, path = teacher
+    args = [
+        "--config",
+        str(ROOT / "configs" / "demo" / f"{task}_distill.yaml"),
+        "--model.init_args.teacher",
+        path,
+        "--model.init_args.student_config",
+        str(STUDENT).replace("'", ""),
+        "--data.init_args.max_train_samples",
+        "64",
+        "--data.init_args.max_eval_samples",
+        "32",
+        "--data.init_args.cache_dir",
+        str(cache),
+        "--model.init_args.cache_dir",
+        str(cache),
+        "--out_dir",
+        str(tmp_path / "run"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    result = run_cli("fit", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    result = run_cli("fit", *args, "--model.init_args.student_layers", "[9]", cwd=tmp_path)
+    assert result.returncode == 2 and "student_layers [9] names layers outside 0..1" in result.stderr
+    # the teacher was fine-tuned on the demo tokenizer: tokenizing for it with another is refused
+    result = run_cli(
+        "fit", *args, "--data.init_args.teacher_tokenizer", other_tokenizer(tmp_path / "tok"), cwd=tmp_path
+    )
+    assert result.returncode == 2 and "the teacher was fine-tuned with tokenizer 'demo'" in result.stderr, (
+        result.stderr[-2000:]
+    )
