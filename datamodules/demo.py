@@ -253,35 +253,72 @@ def demo_split(task: str, split: str, seed: int = 1234) -> list[dict]:
     return [_ner_example(rng, held_out=split != "train") for _ in range(SPLIT_SIZES[split])]
 
 
-def demo_tokenizer(cache_dir: str | Path, vocab_size: int = 2000, seed: int = 1234):
-    """A cased WordPiece tokenizer trained on the demo text of both tasks, saved under
-    ``cache_dir`` and loaded from there on later calls (same text -> same vocabulary)."""
-    from tokenizers import BertWordPieceTokenizer
-    from tokenizers.processors import BertProcessing
+def demo_texts(splits: tuple[str, ...] = ("train",), seed: int = 1234) -> list[str]:
+    """The demo sentences of both tasks in ``splits``, as plain text."""
+    texts = [row["text"] for split in splits for row in demo_split("sequence", split, seed)]
+    return texts + [" ".join(row["tokens"]) for split in splits for row in demo_split("token", split, seed)]
+
+
+def train_wordpiece(
+    texts: list[str],
+    folder: str | Path,
+    vocab_size: int,
+    lowercase: bool = False,
+    special_tokens: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+    min_frequency: int = 2,
+) -> None:
+    """Build a BERT-style WordPiece tokenizer from ``texts`` and save it as a transformers folder.
+
+    The vocabulary is every character (word-initial and ``##`` continuation) plus the words seen at
+    least ``min_frequency`` times, most frequent first. Rarer words split into pieces, as names unseen
+    in training do. Counting instead of ``tokenizers``' WordPiece trainer keeps it deterministic: that
+    trainer breaks ties in hash order, so its vocabulary changes from run to run."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    texts = [row["text"] for split in SPLIT_SIZES for row in demo_split("sequence", split, seed)]
-    texts += [" ".join(row["tokens"]) for split in SPLIT_SIZES for row in demo_split("token", split, seed)]
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(
+        word for text in texts for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text))
+    )
+    chars = sorted({c for word in counts for c in word})
+    words = sorted(
+        (w for w, n in counts.items() if n >= min_frequency and len(w) > 1), key=lambda w: (-counts[w], w)
+    )
+    vocab = list(dict.fromkeys([*special_tokens, *chars, *(f"##{c}" for c in chars), *words]))[:vocab_size]
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder = (
+        normalizer,
+        splitter,
+        decoders.WordPiece(),
+    )
+    tokenizer.post_processor = processors.BertProcessing(
+        ("[SEP]", vocab.index("[SEP]")), ("[CLS]", vocab.index("[CLS]"))
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    ).save_pretrained(folder)
+
+
+def demo_tokenizer(cache_dir: str | Path, vocab_size: int = 1000, seed: int = 1234):
+    """A cased WordPiece tokenizer built from the demo training text of both tasks, saved under
+    ``cache_dir`` and loaded from there on later calls (same text -> same vocabulary)."""
+    from transformers import PreTrainedTokenizerFast
+
+    texts = demo_texts(seed=seed)
     key = hashlib.sha256(json.dumps([texts, vocab_size]).encode()).hexdigest()[:12]
     folder = Path(cache_dir).expanduser() / f"demo-tokenizer-{key}"
     if not (folder / "tokenizer.json").exists():
-        wordpiece = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
-        wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
-        # training leaves no post-processor: add BERT's [CLS] ... [SEP]
-        wordpiece.post_processor = BertProcessing(
-            ("[SEP]", wordpiece.token_to_id("[SEP]")), ("[CLS]", wordpiece.token_to_id("[CLS]"))
-        )
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=wordpiece._tokenizer,
-            unk_token="[UNK]",
-            pad_token="[PAD]",
-            cls_token="[CLS]",
-            sep_token="[SEP]",
-            mask_token="[MASK]",
-            model_max_length=512,
-        )
         tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-        tokenizer.save_pretrained(tmp)
+        train_wordpiece(texts, tmp, vocab_size)
         try:
             tmp.rename(folder)  # atomic: a concurrent or killed build never leaves half a folder
         except OSError:  # another process (e.g. a DDP rank) finished first

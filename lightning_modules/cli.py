@@ -81,11 +81,12 @@ class ShrinkCLI(LightningCLI):
         if config.get("out_dir"):
             self._place_outputs(config, config.out_dir)
         if data.get("tokenizer") is None:
-            if model.get("model_name_or_path") is None:
+            source = model.get("model_name_or_path") or model.get("student_model_name_or_path")
+            if source is None or str(source).endswith(".ckpt"):
                 raise InputError(
-                    "no tokenizer: set data.tokenizer (a from-scratch model has no model_name_or_path)"
+                    "no tokenizer: set data.tokenizer (the model gives no pretrained folder or hub name)"
                 )
-            data.tokenizer = model.model_name_or_path
+            data.tokenizer = source
 
     @staticmethod
     def _place_outputs(config, out_dir: str) -> None:

@@ -155,30 +155,15 @@ def test_teacher_frozen_not_optimized_not_checkpointed_and_student_loads_alone(t
 # --- cross-tokenizer alignment --------------------------------------------------------------
 def other_tokenizer(folder: Path) -> str:
     """A lowercasing WordPiece with its own vocabulary and special-token ids (unlike the demo's)."""
-    from tokenizers import BertWordPieceTokenizer
-    from tokenizers.processors import BertProcessing
-    from transformers import PreTrainedTokenizerFast
+    from datamodules.demo import demo_texts, train_wordpiece
 
-    from datamodules.demo import demo_split
-
-    text = [" ".join(r["tokens"]) for r in demo_split("token", "train")] + [
-        r["text"] for r in demo_split("sequence", "train")
-    ]
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(
-        text, vocab_size=300, special_tokens=["[UNK]", "[MASK]", "[SEP]", "[PAD]", "[CLS]"]
+    train_wordpiece(
+        demo_texts(),
+        folder,
+        vocab_size=300,
+        lowercase=True,
+        special_tokens=("[UNK]", "[MASK]", "[SEP]", "[PAD]", "[CLS]"),
     )
-    wordpiece.post_processor = BertProcessing(
-        ("[SEP]", wordpiece.token_to_id("[SEP]")), ("[CLS]", wordpiece.token_to_id("[CLS]"))
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=wordpiece._tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    ).save_pretrained(folder)
     return str(folder)
 
 
