@@ -169,6 +169,18 @@ class ClassificationDataModule(L.LightningDataModule):
     def has_labels(self, rows: list[dict]) -> bool:
         return any(row.get(self.label_column_name) is not None for row in rows)
 
+    def require_labels(self, stage: str) -> None:
+        """Raise a clear error when the split read by ``stage`` has no labels."""
+        split = self.splits[stage]
+        if not self.has_labels(self.raw_split(split)):
+            column = getattr(self, "label_column", None) or getattr(
+                self, "tags_column", self.label_column_name
+            )
+            raise InputError(
+                f"split {split!r} of {self.source} has no labels (column {column!r}): "
+                f"set data.{'label_column' if self.task == 'sequence' else 'tags_column'} or use labelled data"
+            )
+
     @property
     def label_names(self) -> list[str]:
         """Labels in id order: from the config, or sorted from the training split."""

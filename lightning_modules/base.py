@@ -206,6 +206,14 @@ class ClassificationModule(L.LightningModule):
         self.log_dict(flat, sync_dist=False)  # metric states are already synced across ranks
         metrics.reset()
 
+    def on_validation_start(self) -> None:
+        if self.trainer.datamodule is not None:
+            self.trainer.datamodule.require_labels("validate")
+
+    def on_test_start(self) -> None:
+        if self.trainer.datamodule is not None:
+            self.trainer.datamodule.require_labels("test")
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 

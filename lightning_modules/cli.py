@@ -16,6 +16,7 @@ import json
 import netrc
 import os
 import sys
+from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -24,6 +25,24 @@ from lightning.pytorch.loggers import WandbLogger
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
 from lightning_modules.base import ClassificationModule
+
+
+def best_checkpoint_in(dirpath: str | Path) -> str:
+    """The best checkpoint recorded by ModelCheckpoint in the newest ``last*.ckpt`` of ``dirpath``
+    (a rerun into a folder that holds an old ``last.ckpt`` writes ``last-v1.ckpt``)."""
+    lasts = sorted(Path(dirpath).glob("last*.ckpt"), key=os.path.getmtime)
+    if not lasts:
+        raise InputError(
+            f"--ckpt_path best: no last.ckpt in {dirpath} to read the best checkpoint from; "
+            "run fit first or pass a checkpoint file"
+        )
+    states = torch.load(lasts[-1], map_location="cpu", weights_only=True).get("callbacks", {})
+    best = next((s["best_model_path"] for s in states.values() if s.get("best_model_path")), None)
+    if best is None or not os.path.isfile(best):
+        raise InputError(
+            f"--ckpt_path best: {lasts[-1]} names no existing best checkpoint ({best}); pass a file"
+        )
+    return best
 
 
 def wandb_mode_default() -> None:
@@ -110,24 +129,11 @@ class ShrinkCLI(LightningCLI):
                 args.output_file = os.path.join(out_dir, "predictions.jsonl")
 
     def _restore_best_path(self) -> None:
-        """Let ``--ckpt_path best`` work in a new process: the best path is read from ``last.ckpt``."""
+        """Let ``--ckpt_path best`` work in a new process: read the best path from the run's last checkpoint."""
         callback = self.trainer.checkpoint_callback
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt_path != "best" or callback is None or callback.best_model_path or not callback.dirpath:
-            return
-        last = os.path.join(callback.dirpath, f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
-        if not os.path.isfile(last):
-            raise InputError(
-                f"--ckpt_path best: no {last} to read the best checkpoint from; run fit first "
-                "or pass a checkpoint file"
-            )
-        states = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
-        best = next((s["best_model_path"] for s in states.values() if s.get("best_model_path")), None)
-        if best is None or not os.path.isfile(best):
-            raise InputError(
-                f"--ckpt_path best: {last} names no existing best checkpoint ({best}); pass a file"
-            )
-        callback.best_model_path = best
+        if ckpt_path == "best" and callback is not None and not callback.best_model_path and callback.dirpath:
+            callback.best_model_path = best_checkpoint_in(callback.dirpath)
 
     before_validate = before_test = before_predict = _restore_best_path
 

@@ -45,6 +45,10 @@ class FineTuneModule(ClassificationModule):
             task, self.label_names, model_name_or_path, model_config, trust_remote_code
         )
 
+    def on_fit_start(self) -> None:
+        if self.trainer.datamodule is not None:  # distillation may use unlabelled data; fine-tuning may not
+            self.trainer.datamodule.require_labels("fit")
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(batch, labels=batch["labels"]).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size(batch))

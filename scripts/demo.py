@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from lightning_modules.cli import best_checkpoint_in
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"sequence": "test/accuracy", "token": "test/f1"}
 STUDENT = (
@@ -46,16 +48,10 @@ def stage(config: str, run_dir: Path, metric: str, *overrides: str) -> tuple[flo
     shrink("fit", "--config", config, "--out_dir", str(run_dir), *overrides)
     shrink("test", "--config", config, "--out_dir", str(run_dir), "--ckpt_path", "best", *overrides)
     seconds = time.perf_counter() - start
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
-        "state_dict"
-    ]
+    best = best_checkpoint_in(run_dir / "checkpoints")
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     parameters = sum(v.numel() for k, v in state.items() if k.startswith("model."))
     return json.loads((run_dir / "test_metrics.json").read_text())[metric], seconds, parameters
-
-
-def best_checkpoint(run_dir: Path) -> str:
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return next(s["best_model_path"] for s in last["callbacks"].values() if s.get("best_model_path"))
 
 
 def main() -> None:
@@ -77,7 +73,7 @@ def main() -> None:
                     out / f"{task}_distill",
                     metric,
                     "--model.init_args.teacher",
-                    best_checkpoint(teacher_dir),
+                    best_checkpoint_in(teacher_dir / "checkpoints"),
                 ),
             )
         )

@@ -89,6 +89,15 @@ BAD_INPUTS = {
         ],
         "model '/no/such/model' is neither a local folder",
     ),
+    "label column": (
+        [
+            "--data.init_args.data_files",
+            "{train: TMP/e.tsv, validation: TMP/e.tsv}",
+            "--data.init_args.label_names",
+            "[negative, positive]",
+        ],
+        "has no labels (column 'label')",
+    ),
     "text column": (
         ["--data.init_args.data_files", "{train: TMP/a.tsv, validation: TMP/a.tsv}"],
         "no text column 'text'",
@@ -116,6 +125,7 @@ def test_bad_input_is_one_line_nonzero_and_overwrites_nothing(tmp_path, case):
     write(tmp_path / "b.tsv", "text\tlabel\ngood\t1\nbad\tmeh\n")
     write(tmp_path / "c.tsv", "text\tlabel\n")
     write(tmp_path / "d.txt", "EU B-ORG\nrejects VBZ O\n")
+    write(tmp_path / "e.tsv", "text\tsentiment\ngood\t1\n")
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"earlier run")
