@@ -50,7 +50,7 @@ def test_fit_resume_test_predict(tmp_path, task, metric):
     resumed = run_cli("fit", *args, "--trainer.max_epochs", "4", "--ckpt_path", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["global_step"] == steps + 63 and last["epoch"] == 3
+    assert last["global_step"] == steps + 63
 
     test = run_cli("test", *args, "--ckpt_path", "best", cwd=tmp_path)
     assert test.returncode == 0, test.stderr[-3000:]
