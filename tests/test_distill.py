@@ -86,10 +86,9 @@ def test_kd_loss_matches_the_formula_by_hand():
     assert kd_loss(teacher, teacher, T).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("teacher", ["token"], indirect=True)
 def test_token_kd_masks_padding_and_continuation_subtokens(teacher):
     task, cache, path = teacher
-    if task != "token":
-        pytest.skip("token-level masking")
     dm = datamodule("token", cache)
     module = DistillationModule(
         teacher=path,

@@ -1,0 +1,63 @@
+"""Distillation under DDP: 2 CPU processes (gloo), launched as a subprocess with a timeout, never
+inside the pytest process."""
+
+import torch
+
+from tests.conftest import ROOT, run_cli
+
+
+def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
+    args = [
+        "--config",
+        str(ROOT / "configs" / "demo" / "sequence_finetune.yaml"),
+        "--out_dir",
+        str(tmp_path / "teacher"),
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.max_epochs",
+        "1",
+        "--data.init_args.max_train_samples",
+        "128",
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    teacher = run_cli("fit", *args, cwd=tmp_path, timeout=300)
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    args = [
+        "--config",
+        str(ROOT / "configs" / "demo" / "sequence_distill.yaml"),
+        "--model.init_args.teacher",
+        str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "1",
+        "--data.init_args.max_train_samples",
+        "128",
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--out_dir",
+        str(tmp_path / "student"),
+        "--model.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    result = run_cli("fit", *args, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 1  # built once, by rank 0
+    assert (tmp_path / "student" / "checkpoints" / "last.ckpt").exists()
+    # each rank sees half the data: 128 rows / (2 ranks x batch 32) = 2 steps
+    last = torch.load(
+        tmp_path / "student" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert last["global_step"] == 2
+    assert not any("teacher" in key for key in last["state_dict"])
