@@ -303,3 +303,50 @@ def test_distill_via_cli(teacher, tmp_path):
     assert result.returncode == 2 and "the teacher was fine-tuned with tokenizer 'demo'" in result.stderr, (
         result.stderr[-2000:]
     )
+
+
+def test_hidden_and_attention_losses_by_hand():
+    from lightning_modules.losses import attention_loss, hidden_state_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 4), torch.randn(2, 3, 6)
+    projection = torch.nn.ModuleList([torch.nn.Linear(4, 6)])
+    words = torch.tensor([[True, True, False], [True, False, False]])
+    expected = sum(
+        ((projection[0](student[b, p]) - teacher[b, p]) ** 2).sum() for b, p in words.nonzero()
+    ) / (3 * 6)
+    assert hidden_state_loss([student], [teacher], projection, words).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+
+    s, t = torch.rand(2, 2, 3, 3).softmax(-1), torch.rand(2, 2, 3, 3).softmax(-1)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    total, count = 0.0, 0
+    for b in range(2):
+        for h in range(2):
+            for q in range(3):
+                for k in range(3):
+                    if mask[b, q] and mask[b, k]:
+                        total += (s[b, h, q, k] - t[b, h, q, k]).item() ** 2
+                        count += 1
+    assert attention_loss([s], [t], mask).item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_hidden_and_attention_transfer_run_with_a_layer_subset_student(teacher):
+    task, cache, path = teacher
+    dm = datamodule(task, cache)
+    module = DistillationModule(
+        teacher=path,
+        student_layers=[1, 3],
+        task=task,
+        label_names=dm.label_names,
+        hidden_weight=1.0,
+        attention_weight=1.0,
+    )
+    assert module.layer_map == {1: 2, 2: 4}  # student i <- teacher round(i * 4 / 2)
+    batch = dm.collate([dict(dm.encoded_split("train")[i]) for i in range(4)])
+    losses = module.distillation_losses(batch)
+    assert set(losses) == {"kd_loss", "ce_loss", "hidden_loss", "attention_loss", "loss"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert module.model.base_model.encoder.layer[0].attention.self.query.weight.grad is not None
