@@ -73,6 +73,7 @@ class DistillationModule(ClassificationModule):
         adam_epsilon: float = 1e-8,
         entity_mode: str = "strict",
         trust_remote_code: bool = False,
+        save_teacher: bool = False,
     ) -> None:
         """
         Args:
@@ -94,6 +95,7 @@ class DistillationModule(ClassificationModule):
             cache_dir: where the teacher cache lives.
             learning_rate, weight_decay, warmup_ratio, adam_epsilon, entity_mode: as in fine-tuning.
             trust_remote_code: allow model code from the hub.
+            save_teacher: also store the teacher's weights in checkpoints (off: students stay small).
         """
         super().__init__(
             task, label_names, learning_rate, weight_decay, warmup_ratio, adam_epsilon, entity_mode
@@ -102,6 +104,7 @@ class DistillationModule(ClassificationModule):
         self.temperature, self.alpha = temperature, alpha
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
         self.teacher_cache, self.cache_dir = teacher_cache, Path(cache_dir).expanduser()
+        self.save_teacher = save_teacher
 
         teacher_model = load_classifier(teacher, task, trust_remote_code=trust_remote_code, role="teacher")
         teacher_labels = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
@@ -174,6 +177,11 @@ class DistillationModule(ClassificationModule):
                     "set model.attention_weight 0"
                 )
         return dict(sorted(layer_map.items()))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.save_teacher:
+            checkpoint["teacher_state_dict"] = self._teacher[0].state_dict()
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]  # the teacher is not a child

@@ -350,3 +350,30 @@ def test_hidden_and_attention_transfer_run_with_a_layer_subset_student(teacher):
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert module.model.base_model.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_unlabelled_transfer_data_uses_the_soft_loss_alone(teacher, tmp_path):
+    task, cache, path = teacher
+    dm = datamodule(task, cache)
+    module = DistillationModule(
+        teacher=path, student_config=STUDENT, task=task, label_names=dm.label_names, alpha=0.3
+    ).eval()  # no dropout: the two calls see the same network
+    batch = dm.collate([dict(dm.encoded_split("train")[i]) for i in range(4)])
+    labelled = module.distillation_losses(batch)
+    batch.pop("labels")
+    unlabelled = module.distillation_losses(batch)
+    assert set(unlabelled) == {"kd_loss", "loss"} and "ce_loss" in labelled
+    assert unlabelled["loss"].item() == pytest.approx(unlabelled["kd_loss"].item())
+    assert unlabelled["kd_loss"].item() == pytest.approx(labelled["kd_loss"].item(), rel=1e-5)
+
+
+def test_save_teacher_stores_the_teacher_only_when_asked(teacher, tmp_path):
+    task, cache, path = teacher
+    dm = datamodule(task, cache)
+    for save in (False, True):
+        module = DistillationModule(
+            teacher=path, student_config=STUDENT, task=task, label_names=dm.label_names, save_teacher=save
+        )
+        checkpoint = {}
+        module.on_save_checkpoint(checkpoint)
+        assert ("teacher_state_dict" in checkpoint) == save
