@@ -2,7 +2,7 @@
 # Real-data fine-tuning check (benchmark, not CI): teacher and student on SST-2 and CoNLL-2003
 # from local files, bf16-mixed. Prints one line per run: dev/test scores, wall time, samples/s.
 #   scripts/finetune_real_data.sh MODELS_DIR DATA_DIR [OUT_DIR]
-# MODELS_DIR holds all-mpnet-base-v2/ and all-MiniLM-L6-v2/ (see ../shared/tools/get-offline-models);
+# MODELS_DIR holds all-mpnet-base-v2/ and all-MiniLM-L6-v2/ (the shared tools folder's get-offline-models puts them there);
 # DATA_DIR holds sst2/{train,dev}.tsv and conll2003/{train,valid,test}.txt.
 # Sizes fit a 2-core CPU in about an hour; on a GPU use full data: TEACHER_ROWS= CONLL_ROWS= EPOCHS=3.
 #   RUNS="minilm-sst2 mpnet-conll" picks runs (default: all four).
