@@ -19,7 +19,7 @@ from datamodules import demo
 from datamodules.errors import InputError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = "1"  # bump when the encoding changes, so old caches are not reused
+CACHE_VERSION = "2"  # bump when the encoding changes, so old caches are not reused
 
 
 def load_tokenizer(name_or_path: str, cache_dir: str | Path, add_prefix_space: bool = False):
@@ -47,6 +47,7 @@ def load_tokenizer(name_or_path: str, cache_dir: str | Path, add_prefix_space: b
 class ClassificationDataModule(L.LightningDataModule):
     task: str  # "sequence" or "token", set by subclasses; linked to the model's task by the CLI
     label_column_name: str  # the column that holds labels after reading
+    label_option: str  # the init argument naming the label column in the user's data
 
     def __init__(
         self,
@@ -173,12 +174,9 @@ class ClassificationDataModule(L.LightningDataModule):
         """Raise a clear error when the split read by ``stage`` has no labels."""
         split = self.splits[stage]
         if not self.has_labels(self.raw_split(split)):
-            column = getattr(self, "label_column", None) or getattr(
-                self, "tags_column", self.label_column_name
-            )
             raise InputError(
-                f"split {split!r} of {self.source} has no labels (column {column!r}): "
-                f"set data.{'label_column' if self.task == 'sequence' else 'tags_column'} or use labelled data"
+                f"split {split!r} of {self.source} has no labels (column {getattr(self, self.label_option)!r}): "
+                f"set data.{self.label_option} or use labelled data"
             )
 
     @property
@@ -367,6 +365,12 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def truncated(encoded) -> list[bool]:
+    """Per example of a fast-tokenizer batch: did truncation at ``max_length`` drop sub-tokens?
+    (The Rust encodings keep what was cut in ``overflowing``, so no second tokenization is needed.)"""
+    return [bool(encoding.overflowing) for encoding in encoded.encodings]
 
 
 def _pad(rows: list[list[int]], width: int, value: int = -1) -> torch.Tensor:

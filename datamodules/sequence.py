@@ -6,7 +6,7 @@ import functools
 
 from transformers import DataCollatorWithPadding
 
-from datamodules.base import ClassificationDataModule
+from datamodules.base import ClassificationDataModule, truncated
 from datamodules.errors import InputError
 from datamodules.readers import read_table
 
@@ -14,6 +14,7 @@ from datamodules.readers import read_table
 class SequenceClassificationDataModule(ClassificationDataModule):
     task = "sequence"
     label_column_name = "label"
+    label_option = "label_column"
 
     def __init__(self, *args, text_column: str = "text", label_column: str = "label", **kwargs) -> None:
         """
@@ -49,8 +50,7 @@ class SequenceClassificationDataModule(ClassificationDataModule):
 
     def tokenize(self, tokenizer, batch: dict[str, list]) -> dict[str, list]:
         encoded = tokenizer(batch["text"], truncation=True, max_length=self.max_length)
-        lengths = tokenizer(batch["text"], truncation=False, return_length=True)["length"]
-        encoded["truncated"] = [n > self.max_length for n in lengths]
+        encoded["truncated"] = truncated(encoded)
         # word ids (from the tokenizer's pre-tokenizer) let hidden-state transfer align two tokenizers
         encoded["word_ids"] = [
             [-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(batch["text"]))

@@ -10,7 +10,7 @@ import functools
 import torch
 from transformers import DataCollatorForTokenClassification
 
-from datamodules.base import ClassificationDataModule
+from datamodules.base import ClassificationDataModule, truncated
 from datamodules.errors import InputError
 from datamodules.readers import read_conll, read_table
 
@@ -46,6 +46,7 @@ def word_start_mask(word_ids: torch.Tensor) -> torch.Tensor:
 class TokenClassificationDataModule(ClassificationDataModule):
     task = "token"
     label_column_name = "tags"
+    label_option = "tags_column"
 
     def __init__(
         self,
@@ -104,10 +105,7 @@ class TokenClassificationDataModule(ClassificationDataModule):
             batch["tokens"], is_split_into_words=True, truncation=True, max_length=self.max_length
         )
         word_ids = [encoded.word_ids(i) for i in range(len(batch["tokens"]))]
-        encoded["truncated"] = [
-            max((w for w in ids if w is not None), default=-1) + 1 < len(words)
-            for ids, words in zip(word_ids, batch["tokens"], strict=True)
-        ]
+        encoded["truncated"] = truncated(encoded)
         encoded["word_ids"] = [[-1 if w is None else w for w in ids] for ids in word_ids]
         return dict(encoded)
 
