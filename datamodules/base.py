@@ -243,10 +243,7 @@ class ClassificationDataModule(L.LightningDataModule):
             self.max_length,
             self.label_names,
             self._encode_options(),
-            [
-                (t.name_or_path, hashlib.sha256(t.backend_tokenizer.to_str().encode()).hexdigest())
-                for t in tokenizers
-            ],
+            [(t.name_or_path, _tokenizer_digest(t)) for t in tokenizers],
             hashlib.sha256(json.dumps(self.raw_split(split), sort_keys=True).encode()).hexdigest(),
         ]
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
@@ -365,6 +362,15 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    """Hash of what a tokenizer does (vocabulary, normalizer, ...), without the truncation and padding
+    state that the backend keeps from its last call, so the same tokenizer hashes alike everywhere."""
+    definition = json.loads(tokenizer.backend_tokenizer.to_str())
+    definition.pop("truncation", None)
+    definition.pop("padding", None)
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 
 def truncated(encoded) -> list[bool]:

@@ -99,7 +99,11 @@ def test_truncation_is_counted_and_tokenization_cached(tmp_path, caplog):
     dm = sequence_module(
         tmp_path, "text\tlabel\n" + "the movie was good . " * 20 + "\t1\nbad\t0\n", max_length=16
     )
+    before = dm.split_fingerprint("train")
     encoded = dm.encoded_split("train")
+    # tokenizing leaves truncation state in the backend; the cache key must not see it (DDP ranks
+    # that did and did not tokenize must agree on the key)
+    assert dm.split_fingerprint("train") == before
     assert [len(ids) for ids in encoded["input_ids"]] == [16, 3]
     assert "1 of 2 examples truncated at max_length=16" in caplog.text
     cached = list((tmp_path / "c" / "encoded").glob("train-*.arrow"))
