@@ -2,12 +2,14 @@ from lightning_modules.base import ClassificationModule, build_classifier
 from lightning_modules.callbacks import PredictionWriter, ThroughputLogger
 from lightning_modules.distill import DistillationModule
 from lightning_modules.finetune import FineTuneModule
+from lightning_modules.qat import QATModule
 
 __all__ = [
     "ClassificationModule",
     "DistillationModule",
     "FineTuneModule",
     "PredictionWriter",
+    "QATModule",
     "ThroughputLogger",
     "build_classifier",
 ]

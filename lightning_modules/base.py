@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from datamodules.errors import InputError
 from datamodules.token import word_start_mask
 from lightning_modules.metrics import EntityF1
+from lightning_modules.quantize import import_torchao, load_int8_state
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -28,16 +29,18 @@ def _auto_class(task: str):
 
 
 def load_classifier(
-    path: str, task: str, trust_remote_code: bool = False, role: str = "model"
+    path: str, task: str, trust_remote_code: bool = False, role: str = "model", int8_ok: bool = False
 ) -> torch.nn.Module:
     """A trained classifier: a ``.ckpt`` of this project (rebuilt from the Hugging Face config stored
-    in it, so the original model folder is not needed) or a folder / hub name with a classification head."""
+    in it, so the original model folder is not needed) or a folder / hub name with a classification head.
+    An int8 checkpoint (QAT or PTQ) is refused unless ``int8_ok``: it can be evaluated, not trained."""
     from transformers import AutoConfig
 
     auto = _auto_class(task)
     if str(path).endswith(".ckpt"):
         if not Path(path).is_file():
             raise InputError(f"{role} checkpoint {path!r} does not exist: fix the path")
+        import_torchao()  # int8 checkpoints hold torchao tensors
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         found = checkpoint.get("hyper_parameters", {}).get("task")
         if found != task:
@@ -49,9 +52,17 @@ def load_classifier(
             raise InputError(
                 f"{role} checkpoint {path} holds no model config: it was not written by this project"
             )
+        if "quantization" in checkpoint and not int8_ok:
+            raise InputError(
+                f"{role} checkpoint {path} is already int8-quantized: training (QAT, fine-tuning, "
+                "distillation) needs the fp32 checkpoint it was made from"
+            )
         config = dict(checkpoint["hf_config"])
         model = auto.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
         prefix = "model."
+        if "quantization" in checkpoint:
+            load_int8_state(model, checkpoint, prefix)
+            return model.eval()
         model.load_state_dict(
             {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
         )
@@ -260,12 +271,19 @@ class ClassificationModule(L.LightningModule):
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the Hugging Face config makes the checkpoint rebuildable without the original model folder
-        checkpoint["hf_config"] = self.model.config.to_dict()
+    def hf_config(self) -> dict[str, Any]:
+        """The Hugging Face config plus the tokenizer trained with (``shrink_tokenizer``): enough to
+        rebuild the model without its original folder, and to check a teacher's tokenizer."""
+        config = self.model.config.to_dict()
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if getattr(datamodule, "tokenizer_name", None):  # lets distillation check the teacher's tokenizer
-            checkpoint["hf_config"]["shrink_tokenizer"] = datamodule.tokenizer_name
+        if getattr(datamodule, "tokenizer_name", None):
+            config["shrink_tokenizer"] = datamodule.tokenizer_name
+        elif getattr(self.model.config, "shrink_tokenizer", None):  # loaded from one of our checkpoints
+            config["shrink_tokenizer"] = self.model.config.shrink_tokenizer
+        return config
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hf_config"] = self.hf_config()
 
     def save_pretrained(self, folder: str | Path, tokenizer: Any = None) -> None:
         """Write the classifier (and tokenizer) as a Hugging Face folder, loadable without this project."""

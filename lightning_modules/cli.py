@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
 from lightning_modules.base import ClassificationModule
+from lightning_modules.quantize import import_torchao
 
 
 def best_checkpoint_in(dirpath: str | Path) -> str:
@@ -43,6 +44,15 @@ def best_checkpoint_in(dirpath: str | Path) -> str:
             f"--ckpt_path best: {lasts[-1]} names no existing best checkpoint ({best}); pass a file"
         )
     return best
+
+
+def int8_checkpoint(path: str | None) -> dict | None:
+    """The checkpoint at ``path`` when it holds an int8 model (``quantization`` key), else None."""
+    if not path or not str(path).endswith(".ckpt") or not os.path.isfile(path):
+        return None
+    import_torchao()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no full read
+    return checkpoint if "quantization" in checkpoint else None
 
 
 def wandb_mode_default() -> None:
@@ -129,25 +139,50 @@ class ShrinkCLI(LightningCLI):
                 args.output_file = os.path.join(out_dir, "predictions.jsonl")
 
     def _restore_best_path(self) -> None:
-        """Let ``--ckpt_path best`` work in a new process: read the best path from the run's last checkpoint."""
+        """Let ``--ckpt_path best`` work in a new process: read the best path from the run's last
+        checkpoint. An int8 checkpoint is loaded here, as Lightning's loader cannot map torchao tensors."""
         callback = self.trainer.checkpoint_callback
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt_path == "best" and callback is not None and not callback.best_model_path and callback.dirpath:
             callback.best_model_path = best_checkpoint_in(callback.dirpath)
+        int8 = int8_checkpoint(ckpt_path)
+        if int8 is not None:
+            if not hasattr(self.model, "to_int8"):
+                raise InputError(
+                    f"--ckpt_path {ckpt_path} is an int8 checkpoint: evaluate it with a QAT config "
+                    "(model.class_path lightning_modules.QATModule)"
+                )
+            self.model.on_load_checkpoint(int8)
+            self.model.load_state_dict(int8["state_dict"])
+            self.config_init[self.subcommand]["ckpt_path"] = None
 
     before_validate = before_test = before_predict = _restore_best_path
 
-    def _write_metrics(self) -> None:
+    def before_fit(self) -> None:
+        ckpt_path = self.config_init["fit"].get("ckpt_path")
+        if int8_checkpoint(ckpt_path) is not None:
+            raise InputError(
+                f"--ckpt_path {ckpt_path} is an int8 checkpoint, which cannot be trained: resume from "
+                "the run's last.ckpt, or start QAT from the fp32 checkpoint"
+            )
+
+    def _write_metrics(self, name: str | None = None) -> None:
         """``{stage}_metrics.json`` in the run folder, for scripts (the demo, benchmarks) to read."""
         if self.trainer.is_global_zero:
             metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
-            path = os.path.join(self.trainer.default_root_dir, f"{self.subcommand}_metrics.json")
+            path = os.path.join(self.trainer.default_root_dir, f"{name or self.subcommand}_metrics.json")
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             with open(path + ".tmp", "w") as f:
                 json.dump(metrics, f, indent=1, sort_keys=True)
             os.replace(path + ".tmp", path)
 
     after_validate = after_test = _write_metrics
+
+    def after_fit(self) -> None:
+        """QAT converted its model to int8 when fit ended: score that int8 model with the same metric."""
+        if getattr(self.model, "is_int8", False) and self.trainer.state.status == "finished":
+            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=True)
+            self._write_metrics("int8_validate")
 
 
 def input_error_in(error: BaseException | None) -> InputError | None:

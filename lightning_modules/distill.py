@@ -52,9 +52,11 @@ def keep_layers(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
 
 
 class DistillationModule(ClassificationModule):
+    teacher_required = True  # QAT subclasses this with an optional teacher
+
     def __init__(
         self,
-        teacher: str,
+        teacher: str | None,
         student_model_name_or_path: str | None = None,
         student_config: dict[str, Any] | None = None,
         student_layers: list[int] | None = None,
@@ -106,15 +108,12 @@ class DistillationModule(ClassificationModule):
         self.teacher_cache, self.cache_dir = teacher_cache, Path(cache_dir).expanduser()
         self.save_teacher = save_teacher
 
-        teacher_model = load_classifier(teacher, task, trust_remote_code=trust_remote_code, role="teacher")
-        teacher_labels = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
-        if teacher_labels != self.label_names:
-            raise InputError(
-                f"teacher labels {teacher_labels} differ from the data's labels {self.label_names}: "
-                "set data.label_names to the teacher's order or distill from a matching teacher"
-            )
-        teacher_model.eval().requires_grad_(False)
-        self._teacher = [teacher_model]  # a list hides it from nn.Module: no optimizer, no DDP, no checkpoint
+        self._teacher: list[torch.nn.Module] = []  # a list hides it: no optimizer, no DDP, no checkpoint
+        if teacher is None:
+            if self.teacher_required:
+                raise InputError("model.teacher is not set: give a fine-tuned teacher .ckpt or model folder")
+        else:
+            self._teacher.append(self._load_teacher(teacher, task, trust_remote_code))
 
         if student_model_name_or_path is None and student_config is None:
             if student_layers is None:
@@ -122,31 +121,43 @@ class DistillationModule(ClassificationModule):
                     "no student: set model.student_model_name_or_path, model.student_config "
                     "or model.student_layers (a layer subset of the teacher)"
                 )
-            student = copy.deepcopy(teacher_model).train().requires_grad_(True)
+            if not self._teacher:
+                raise InputError("model.student_layers needs a teacher to copy layers from")
+            student = copy.deepcopy(self._teacher[0]).train().requires_grad_(True)
         else:
             student = build_classifier(
                 task, self.label_names, student_model_name_or_path, student_config, trust_remote_code
             )
         self.model = keep_layers(student, student_layers) if student_layers is not None else student
 
-        if attention_weight > 0:  # attention maps are only returned by the eager implementation
-            for model in (self.model, teacher_model):
-                model.config._attn_implementation = "eager"
-        self.layer_map = (
-            self._check_layer_map(layer_map) if (hidden_weight > 0 or attention_weight > 0) else {}
-        )
-        widths = (self.model.config.hidden_size, teacher_model.config.hidden_size)
-        self.projections = (
-            torch.nn.ModuleList(
-                torch.nn.Linear(*widths) if widths[0] != widths[1] else torch.nn.Identity()
-                for _ in self.layer_map
-            )
-            if hidden_weight > 0
-            else torch.nn.ModuleList()
-        )
+        self.projections = torch.nn.ModuleList()
+        self.layer_map: dict[int, int] = {}
+        if hidden_weight > 0 or attention_weight > 0:
+            if not self._teacher:
+                raise InputError("hidden-state / attention transfer needs model.teacher")
+            if attention_weight > 0:  # attention maps are only returned by the eager implementation
+                for model in (self.model, self._teacher[0]):
+                    model.config._attn_implementation = "eager"
+            self.layer_map = self._check_layer_map(layer_map)
+            widths = (self.model.config.hidden_size, self._teacher[0].config.hidden_size)
+            if hidden_weight > 0:
+                self.projections.extend(
+                    torch.nn.Linear(*widths) if widths[0] != widths[1] else torch.nn.Identity()
+                    for _ in self.layer_map
+                )
         self._cache: dict[str, torch.Tensor] | None = None
 
     # --- setup ---------------------------------------------------------------------------------
+    def _load_teacher(self, teacher: str, task: str, trust_remote_code: bool) -> torch.nn.Module:
+        model = load_classifier(teacher, task, trust_remote_code=trust_remote_code, role="teacher")
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if labels != self.label_names:
+            raise InputError(
+                f"teacher labels {labels} differ from the data's labels {self.label_names}: "
+                "set data.label_names to the teacher's order or distill from a matching teacher"
+            )
+        return model.eval().requires_grad_(False)
+
     @property
     def teacher(self) -> torch.nn.Module:
         model = self._teacher[0]
@@ -180,7 +191,7 @@ class DistillationModule(ClassificationModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self.save_teacher:
+        if self.save_teacher and self._teacher:
             checkpoint["teacher_state_dict"] = self._teacher[0].state_dict()
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -188,6 +199,9 @@ class DistillationModule(ClassificationModule):
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
+        if not self._teacher:  # nothing to distill from: the plain task loss needs labels
+            datamodule.require_labels("fit")
+            return
         trained_with = getattr(self._teacher[0].config, "shrink_tokenizer", None)
         given = datamodule.teacher_tokenizer_name or datamodule.tokenizer_name
         if trained_with and os.path.abspath(trained_with) != os.path.abspath(given) and trained_with != given:
@@ -337,7 +351,10 @@ class DistillationModule(ClassificationModule):
         return losses
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self.distillation_losses(batch)
+        if not self._teacher:
+            losses = {"loss": self(batch, labels=batch["labels"]).loss}
+        else:
+            losses = self.distillation_losses(batch)
         size = self.batch_size(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)

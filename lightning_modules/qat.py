@@ -1,0 +1,131 @@
+"""Stage 3: quantization-aware training (QAT) to int8 with torchao.
+
+Starts from an fp32 checkpoint (usually the distilled student), puts fake quantization on the
+layers of ``lightning_modules.quantize.SCHEME``, and trains with the plain task loss or, when a
+teacher is given, with the distillation losses (KD-guided QAT, teacher cache included). When fit
+ends, the best checkpoint's weights are converted to a real int8 model and written as
+``int8.ckpt`` in the run folder; the CLI then validates that int8 model. ``validate``, ``test``
+and ``predict`` accept ``--ckpt_path .../int8.ckpt``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from datamodules.errors import InputError
+from lightning_modules.distill import DistillationModule
+from lightning_modules.quantize import (
+    SCHEME,
+    convert_to_int8,
+    import_torchao,
+    prepare_qat,
+    save_int8_checkpoint,
+)
+
+import_torchao()  # lets Lightning's torch.load(weights_only=True) read int8 checkpoints
+
+
+class QATModule(DistillationModule):
+    teacher_required = False
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        teacher: str | None = None,
+        task: str = "sequence",
+        label_names: list[str] | None = None,
+        quantize_embeddings: bool = True,
+        quantize_head: bool = False,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        teacher_cache: bool = False,
+        cache_dir: str = "~/.cache/shrink",
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.06,
+        adam_epsilon: float = 1e-8,
+        entity_mode: str = "strict",
+        trust_remote_code: bool = False,
+        int8_path: str | None = None,
+    ) -> None:
+        """
+        Args:
+            model_name_or_path: the fp32 model to quantize: our ``.ckpt`` (e.g. the distilled student)
+                or a folder with a fine-tuned classification head. An int8 checkpoint is refused.
+            teacher: optional fine-tuned teacher for KD-guided QAT (the distillation losses and cache).
+            quantize_embeddings: int8 per-row word embeddings (a third of a MiniLM's bytes).
+            quantize_head: also int8 the pooler / classifier Linear layers (off: they are tiny and
+                the logits are most sensitive there).
+            temperature, alpha, teacher_cache, cache_dir: as in distillation; used with a teacher.
+            learning_rate: QAT fine-tunes an already trained model: a small rate (1e-5 .. 5e-5).
+            weight_decay, warmup_ratio, adam_epsilon, entity_mode, trust_remote_code: as in fine-tuning.
+            int8_path: where the converted int8 model goes (default: ``int8.ckpt`` in the run folder).
+        """
+        super().__init__(
+            teacher=teacher,
+            student_model_name_or_path=model_name_or_path,
+            task=task,
+            label_names=label_names,
+            temperature=temperature,
+            alpha=alpha,
+            teacher_cache=teacher_cache,
+            cache_dir=cache_dir,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_ratio=warmup_ratio,
+            adam_epsilon=adam_epsilon,
+            entity_mode=entity_mode,
+            trust_remote_code=trust_remote_code,
+        )
+        self.save_hyperparameters()
+        self.quantization = {"scheme": SCHEME, "embeddings": quantize_embeddings, "head": quantize_head}
+        self.int8_path = int8_path
+        self.is_int8 = False
+        prepare_qat(self.model, quantize_embeddings, quantize_head)
+
+    # --- the int8 model --------------------------------------------------------------------------
+    def to_int8(self, quantization: dict[str, Any] | None = None) -> None:
+        """Convert the fake-quantized model to real int8 weights, in place."""
+        quantization = quantization or self.quantization
+        convert_to_int8(self.model, quantization["embeddings"], quantization["head"])
+        self.is_int8 = True
+
+    def on_fit_end(self) -> None:
+        """Convert the best weights (by the checkpoint monitor; the last ones without one) to int8."""
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if best and os.path.isfile(best):
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            self.load_state_dict(state)
+        self.to_int8()
+        self.int8_path = self.int8_path or os.path.join(self.trainer.default_root_dir, "int8.ckpt")
+        if self.trainer.is_global_zero:
+            save_int8_checkpoint(
+                self.model, self.int8_path, dict(self.hparams), self.quantization, self.hf_config()
+            )
+            self.print(f"int8 model ({SCHEME}) written to {self.int8_path}")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """``--ckpt_path int8.ckpt``: take the int8 structure before Lightning loads the weights."""
+        if "quantization" not in checkpoint:
+            return
+        if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
+            raise InputError(
+                "--ckpt_path names an int8 checkpoint: QAT resumes from its fake-quantized last.ckpt; "
+                "use int8.ckpt with validate, test or predict"
+            )
+        if not self.is_int8:
+            self.to_int8(checkpoint["quantization"])
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # int8 weights are torchao tensors: assigned, not copied into fp32 parameters
+        return super().load_state_dict(state_dict, strict=strict, assign=assign or self.is_int8)
+
+    def configure_optimizers(self):
+        if self.is_int8:
+            raise InputError("this QAT model is already converted to int8: train from the fp32 checkpoint")
+        return super().configure_optimizers()
