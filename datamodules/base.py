@@ -381,3 +381,22 @@ def truncated(encoded) -> list[bool]:
 
 def _pad(rows: list[list[int]], width: int, value: int = -1) -> torch.Tensor:
     return torch.tensor([row + [value] * (width - len(row)) for row in rows])
+
+
+def datamodule_from_config(
+    config: str | Path, overrides: dict[str, Any] | None = None
+) -> ClassificationDataModule:
+    """The DataModule of a run config (its ``data:`` section), with ``overrides`` on its init args:
+    how export and benchmark scripts read the same data as training."""
+    import importlib
+
+    import yaml
+
+    if not Path(config).is_file():
+        raise InputError(f"data config {config} does not exist: pass a YAML such as configs/sst2/qat.yaml")
+    section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+    if not isinstance(section, dict) or "class_path" not in section:
+        raise InputError(f"{config} has no data: section with a class_path: pass a run config")
+    module_name, _, class_name = section["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**{**(section.get("init_args") or {}), **(overrides or {})})

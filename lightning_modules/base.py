@@ -20,6 +20,57 @@ from lightning_modules.quantize import import_torchao, load_int8_state
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def task_metrics(task: str, n_labels: int, entity_mode: str = "strict") -> MetricCollection:
+    """Accuracy and macro-F1 for sequences; entity P/R/F1 and token accuracy for tokens."""
+    if task == "sequence":
+        return MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(n_labels, average="micro"),
+                "f1_macro": MulticlassF1Score(n_labels, average="macro"),
+            }
+        )
+    return MetricCollection(
+        {"entity": EntityF1(entity_mode), "token_accuracy": MulticlassAccuracy(n_labels, average="micro")}
+    )
+
+
+def word_tags(ids: torch.Tensor, starts: torch.Tensor, label_names: list[str]) -> list[list[str]]:
+    """Label names of the first sub-token of each word, one list per sentence."""
+    return [
+        [label_names[x] for x, keep in zip(row, keep_row, strict=True) if keep]
+        for row, keep_row in zip(ids.tolist(), starts.tolist(), strict=True)
+    ]
+
+
+def update_task_metrics(
+    metrics: MetricCollection,
+    task: str,
+    label_names: list[str],
+    predictions: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+) -> None:
+    """Score predicted ids; token tasks are scored on the first sub-token of each word."""
+    if task == "sequence":
+        metrics.update(predictions, batch["labels"])
+        return
+    starts = word_start_mask(batch["word_ids"])
+    metrics["token_accuracy"].update(predictions[starts], batch["labels"][starts])
+    metrics["entity"].update(
+        word_tags(predictions, starts, label_names), word_tags(batch["labels"], starts, label_names)
+    )
+
+
+def computed_metrics(metrics: MetricCollection, prefix: str) -> dict[str, torch.Tensor]:
+    """``{prefix}accuracy`` ... with EntityF1's precision / recall / f1 flattened."""
+    flat = {}
+    for key, value in metrics.compute().items():
+        if isinstance(value, dict):
+            flat.update({f"{prefix}{k}": v for k, v in value.items()})
+        else:
+            flat[f"{prefix}{key.removeprefix(metrics.prefix or '')}"] = value
+    return flat
+
+
 def _auto_class(task: str):
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -161,18 +212,7 @@ class ClassificationModule(L.LightningModule):
             warmup_ratio,
             adam_epsilon,
         )
-        n = len(self.label_names)
-        if task == "sequence":
-            metrics = MetricCollection(
-                {
-                    "accuracy": MulticlassAccuracy(n, average="micro"),
-                    "f1_macro": MulticlassF1Score(n, average="macro"),
-                }
-            )
-        else:
-            metrics = MetricCollection(
-                {"entity": EntityF1(entity_mode), "token_accuracy": MulticlassAccuracy(n, average="micro")}
-            )
+        metrics = task_metrics(task, len(self.label_names), entity_mode)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
@@ -188,33 +228,13 @@ class ClassificationModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         output = self(batch, labels=batch["labels"])
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        predictions = output.logits.argmax(-1)
-        if self.task == "sequence":
-            metrics.update(predictions, batch["labels"])
-        else:
-            starts = word_start_mask(batch["word_ids"])
-            metrics["token_accuracy"].update(predictions[starts], batch["labels"][starts])
-            metrics["entity"].update(*self._word_tags(predictions, batch["labels"], starts))
+        update_task_metrics(metrics, self.task, self.label_names, output.logits.argmax(-1), batch)
         self.log(f"{stage}/loss", output.loss, batch_size=self.batch_size(batch), sync_dist=True)
-
-    def _word_tags(self, predictions: torch.Tensor, labels: torch.Tensor, starts: torch.Tensor):
-        names = self.label_names
-        predicted, gold = [], []
-        for p, g, s in zip(predictions.tolist(), labels.tolist(), starts.tolist(), strict=True):
-            predicted.append([names[x] for x, keep in zip(p, s, strict=True) if keep])
-            gold.append([names[x] for x, keep in zip(g, s, strict=True) if keep])
-        return predicted, gold
 
     def _log_metrics(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        values = metrics.compute()
-        flat = {}
-        for key, value in values.items():
-            if isinstance(value, dict):  # EntityF1 returns precision / recall / f1
-                flat.update({f"{stage}/{k}": v for k, v in value.items()})
-            else:
-                flat[key] = value
-        self.log_dict(flat, sync_dist=False)  # metric states are already synced across ranks
+        # metric states are already synced across ranks
+        self.log_dict(computed_metrics(metrics, f"{stage}/"), sync_dist=False)
         metrics.reset()
 
     def on_validation_start(self) -> None:
@@ -248,7 +268,7 @@ class ClassificationModule(L.LightningModule):
                 for i, c, s in zip(batch["idx"].tolist(), ids.tolist(), scores.tolist(), strict=True)
             ]
         starts = word_start_mask(batch["word_ids"])
-        tags, _ = self._word_tags(probabilities.argmax(-1), probabilities.argmax(-1), starts)
+        tags = word_tags(probabilities.argmax(-1), starts, self.label_names)
         return [{"idx": i, "labels": t} for i, t in zip(batch["idx"].tolist(), tags, strict=True)]
 
     # --- optimisation -----------------------------------------------------------------------

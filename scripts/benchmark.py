@@ -1,0 +1,285 @@
+"""Accuracy vs latency vs size, side by side in one run: teacher fp32, student fp32, student PTQ
+int8, student QAT int8, each in PyTorch and (``--onnx``) ONNX Runtime on CPU.
+
+    python scripts/benchmark.py --data configs/sst2/qat.yaml --onnx --out results/benchmark/sst2 \\
+        --model "teacher fp32=outputs/sst2/finetune/checkpoints/BEST.ckpt" \\
+        --model "student fp32=outputs/sst2/distill/checkpoints/BEST.ckpt" \\
+        --model "student PTQ int8=outputs/sst2/ptq.int8.ckpt" \\
+        --model "student QAT int8=outputs/sst2/qat/int8.ckpt"
+
+Per row: the task metric on the split (the checkpoint's own tokenizer), parameters, bytes on disk
+(the weights as deployed: the state dict, or the .onnx file), latency p50/p95 at batch 1 on real
+sentence lengths and on 128 tokens, throughput at batch 32 (real lengths, dynamic padding). One
+process, fixed thread count, warm-up before timing, so the ratios to the first row hold.
+Writes benchmark.md, benchmark.json and benchmark.png (metric vs latency, marker area = size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from datamodules import InputError, datamodule_from_config  # noqa: E402
+from lightning_modules.base import computed_metrics, load_classifier, task_metrics, update_task_metrics  # noqa: E402
+from lightning_modules.export import OnnxClassifier, export_onnx, input_names, pytorch_logits  # noqa: E402
+from lightning_modules.quantize import import_torchao, weights_bytes  # noqa: E402
+
+SPLIT_STAGE = {"validation": "validate", "test": "test"}
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def parse_models(specs: list[str]) -> list[tuple[str, str]]:
+    """``NAME=PATH`` pairs; every path is checked before any work starts."""
+    models = []
+    for spec in specs:
+        name, sep, path = spec.rpartition("=")
+        name = name if sep else Path(path).stem
+        if not path.endswith(".ckpt"):
+            raise InputError(f"--model {spec}: give a .ckpt of this project (fp32 or int8), NAME=PATH")
+        if not Path(path).is_file():
+            raise InputError(f"--model {spec}: {path} does not exist: fix the path")
+        models.append((name, path))
+    if not models:
+        raise InputError("no --model given: pass NAME=PATH.ckpt at least once")
+    return models
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def timed(run, inputs: list[dict], warmup: int) -> list[float]:
+    for batch in inputs[:warmup]:
+        run(batch)
+    times = []
+    for batch in inputs:
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def unpadded(batch: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
+    """One example at its real length (no padding), as a batch of 1."""
+    length = int(batch["attention_mask"][row].sum())
+    return {k: v[row : row + 1, :length] for k, v in batch.items() if k in MODEL_KEYS}
+
+
+def measure(run, loader, task: str, label_names: list[str], args) -> dict[str, float]:
+    """The metric over the split, then the timings."""
+    metrics = task_metrics(task, len(label_names))
+    batches = list(loader)
+    for batch in batches:
+        update_task_metrics(metrics, task, label_names, run(batch).argmax(-1), batch)
+    key = "accuracy" if task == "sequence" else "f1"
+    metric = float(computed_metrics(metrics, "")[key])
+
+    singles = [unpadded(b, i) for b in batches for i in range(b["input_ids"].shape[0])][
+        : args.latency_samples
+    ]
+    real = timed(run, singles, warmup=10)
+    ids = torch.cat([s["input_ids"][0] for s in singles] * 128)[:128]  # real tokens, back to back
+    full = {"input_ids": ids[None], "attention_mask": torch.ones(1, 128, dtype=torch.long)}
+    full["token_type_ids"] = torch.zeros_like(full["input_ids"])
+    long = timed(run, [full] * args.long_repeats, warmup=5)
+    by32 = [b for b in batches if b["input_ids"].shape[0] == 32][: args.throughput_batches]
+    tput = timed(run, by32, warmup=1)
+    return {
+        key: round(metric, 4),
+        "latency_ms_p50": round(1000 * statistics.median(real), 3),
+        "latency_ms_p95": round(1000 * percentile(real, 0.95), 3),
+        "latency_128_ms_p50": round(1000 * statistics.median(long), 3),
+        "latency_128_ms_p95": round(1000 * percentile(long, 0.95), 3),
+        "throughput_b32": round(32 * len(tput) / sum(tput), 1) if tput else float("nan"),
+    }
+
+
+def benchmark(args) -> list[dict]:
+    import_torchao()
+    torch.set_num_threads(args.threads)
+    models = parse_models(args.model)
+    overrides = {
+        "eval_batch_size": 32,
+        **({"max_eval_samples": args.max_eval_samples} if args.max_eval_samples else {}),
+    }
+    rows, data_by_tokenizer = [], {}
+    for name, path in models:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        task = checkpoint.get("hyper_parameters", {}).get("task")
+        tokenizer = checkpoint.get("hf_config", {}).get("shrink_tokenizer")
+        if task is None or tokenizer is None:
+            raise InputError(
+                f"--model {path} records no task or tokenizer: benchmark checkpoints of `shrink fit`"
+            )
+        int8 = "quantization" in checkpoint
+        del checkpoint
+        model = load_classifier(path, task, int8_ok=True).eval()
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if tokenizer not in data_by_tokenizer:
+            data = datamodule_from_config(args.data, {**overrides, "tokenizer": tokenizer, **args.set})
+            data.setup(SPLIT_STAGE[args.split])
+            data_by_tokenizer[tokenizer] = data
+        data = data_by_tokenizer[tokenizer]
+        loader = data.val_dataloader() if args.split == "validation" else data.test_dataloader()
+        params = sum(p.numel() for p in model.parameters())
+        runtimes = [("pytorch", pytorch_logits(model, input_names(model)), weights_bytes(model))]
+        if args.onnx:
+            onnx_path = Path(args.out) / "onnx" / f"{name.replace(' ', '_')}.onnx"
+            export_onnx(model, onnx_path, int8=int8)
+            runtimes.append(
+                ("onnxruntime", OnnxClassifier(onnx_path, args.threads), onnx_path.stat().st_size)
+            )
+        for runtime, run, size in runtimes:
+            print(f"measuring {name} ({runtime}) ...", file=sys.stderr, flush=True)
+            result = measure(run, loader, task, labels, args)
+            rows.append(
+                {
+                    "model": name,
+                    "runtime": runtime,
+                    "int8": int8,
+                    "params_m": round(params / 1e6, 2),
+                    "size_mb": round(size / 1e6, 2),
+                    **result,
+                }
+            )
+    reference = rows[0]
+    metric = "accuracy" if "accuracy" in reference else "f1"
+    for row in rows:
+        row["retention"] = round(row[metric] / reference[metric], 4) if reference[metric] else float("nan")
+        row["speedup_b1"] = round(reference["latency_ms_p50"] / row["latency_ms_p50"], 2)
+        row["smaller"] = round(reference["size_mb"] / row["size_mb"], 2)
+    return rows
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    metric = "accuracy" if "accuracy" in rows[0] else "f1"
+    header = [
+        "model",
+        "runtime",
+        metric,
+        "retention",
+        "params (M)",
+        "size (MB)",
+        "smaller",
+        "b1 p50 (ms)",
+        "b1 p95 (ms)",
+        "speedup b1",
+        "128 tok p50 (ms)",
+        "128 tok p95 (ms)",
+        "b32 samples/s",
+    ]
+    keys = [
+        "model",
+        "runtime",
+        metric,
+        "retention",
+        "params_m",
+        "size_mb",
+        "smaller",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "speedup_b1",
+        "latency_128_ms_p50",
+        "latency_128_ms_p95",
+        "throughput_b32",
+    ]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "accuracy" if "accuracy" in rows[0] else "f1"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        marker = "o" if row["runtime"] == "pytorch" else "s"
+        ax.scatter(row["latency_ms_p50"], row[metric], s=20 + 2 * row["size_mb"], marker=marker, alpha=0.6)
+        ax.annotate(
+            f"{row['model']}\n({row['runtime']}, {row['size_mb']:.0f} MB)",
+            (row["latency_ms_p50"], row[metric]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.margins(x=0.25, y=0.15)
+    ax.set_xlabel("latency at batch 1, p50 (ms, log scale)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{title}\ncircles: PyTorch, squares: ONNX Runtime; marker area: size on disk", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", action="append", default=[], help="NAME=PATH.ckpt (repeat); the first is the reference"
+    )
+    parser.add_argument("--data", required=True, help="run config whose data: section names the dataset")
+    parser.add_argument(
+        "--set", action="append", default=[], help="data init arg override KEY=VALUE (YAML value)"
+    )
+    parser.add_argument("--split", choices=["validation", "test"], default="validation")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also export each model and time it in ONNX Runtime"
+    )
+    parser.add_argument(
+        "--out", required=True, help="folder for benchmark.md / .json / .png and the .onnx files"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch and ONNX Runtime")
+    parser.add_argument("--latency-samples", type=int, default=200, help="real sentences timed at batch 1")
+    parser.add_argument("--long-repeats", type=int, default=30, help="timed runs at 128 tokens")
+    parser.add_argument("--throughput-batches", type=int, default=5, help="timed batches of 32")
+    parser.add_argument("--max-eval-samples", type=int, default=None, help="score only the first N rows")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    try:
+        import yaml
+
+        pairs = [s.partition("=") for s in args.set]
+        if any(not sep for _, sep, _ in pairs):
+            raise InputError(f"--set takes KEY=VALUE, got {args.set}")
+        args.set = {k: yaml.safe_load(v) for k, _, v in pairs}
+        rows = benchmark(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = args.title or f"{Path(args.data).parent.name} {args.split}, {args.threads} thread(s)"
+    table = markdown(rows, title)
+    for name, text in (
+        ("benchmark.md", table),
+        ("benchmark.json", json.dumps({"title": title, "rows": rows}, indent=1)),
+    ):
+        (out / f".{name}.tmp").write_text(text)
+        os.replace(out / f".{name}.tmp", out / name)
+    plot(rows, out / "benchmark.png", title)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Export for deployment, and the post-training quantization (PTQ) baseline.
+
+    # ONNX (fp32, or int8 when the checkpoint is int8 or --int8 is given), checked on the validation set
+    python scripts/export.py onnx --model outputs/sst2/qat/int8.ckpt --out outputs/sst2/qat/model.int8.onnx \\
+        --data configs/sst2/qat.yaml
+    # PTQ: int8 dynamic quantization of an fp32 checkpoint, no training (same scheme as QAT)
+    python scripts/export.py ptq --model outputs/sst2/distill/checkpoints/last.ckpt --out outputs/sst2/ptq.int8.ckpt
+
+The parity check runs the PyTorch model and the ONNX Runtime model over the validation split
+and fails (exit 1, no file written) below ``--min-agreement`` label agreement.
+GPU deployment: the fp32 ONNX runs on ONNX Runtime's CUDA / TensorRT providers (TensorRT builds
+its own int8 or fp16 engine); in PyTorch, the torchao int8 checkpoint runs on GPU under torch.compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from datamodules import InputError, datamodule_from_config  # noqa: E402
+from lightning_modules.base import load_classifier  # noqa: E402
+from lightning_modules.export import OnnxClassifier, export_onnx, input_names, parity, pytorch_logits  # noqa: E402
+from lightning_modules.quantize import SCHEME, convert_to_int8, import_torchao, save_int8_checkpoint  # noqa: E402
+
+
+def read_checkpoint(path: str) -> dict:
+    """The hyper-parameters and quantization record of one of our checkpoints (memory-mapped)."""
+    if not path.endswith(".ckpt"):
+        raise InputError(
+            f"--model {path} is not a .ckpt of this project: export needs one (task, labels, tokenizer)"
+        )
+    if not Path(path).is_file():
+        raise InputError(f"--model {path} does not exist: fix the path")
+    import_torchao()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if "hf_config" not in checkpoint or "task" not in checkpoint.get("hyper_parameters", {}):
+        raise InputError(
+            f"--model {path} is a checkpoint of unknown type (no model config or task): "
+            "export checkpoints written by `shrink fit` or scripts/export.py ptq"
+        )
+    return checkpoint
+
+
+def overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--set {pair!r} is not KEY=VALUE: e.g. --set max_eval_samples=200")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def onnx_command(args: argparse.Namespace) -> None:
+    checkpoint = read_checkpoint(args.model)
+    task = checkpoint["hyper_parameters"]["task"]
+    quantization = checkpoint.get("quantization")
+    int8 = args.int8 or quantization is not None
+    model = load_classifier(args.model, task, int8_ok=True)
+    tokenizer = checkpoint["hf_config"].get("shrink_tokenizer")
+    data = datamodule_from_config(
+        args.data, {"tokenizer": tokenizer, **overrides(args.set)} if tokenizer else overrides(args.set)
+    )
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists: pass --overwrite or another --out")
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        candidate = Path(tmp) / out.name
+        scheme = quantization or {"embeddings": True, "head": False}
+        export_onnx(model, candidate, int8=int8, embeddings=scheme["embeddings"], head=scheme["head"])
+        data.setup("validate")
+        report = parity(
+            pytorch_logits(model.eval(), input_names(model)),
+            OnnxClassifier(candidate, args.threads),
+            data.val_dataloader(),
+            task,
+        )
+        report.update(model=args.model, onnx=str(out), int8=int8, task=task)
+        print(json.dumps(report, indent=1))
+        if report["agreement"] < args.min_agreement:
+            raise InputError(
+                f"parity check failed: ONNX Runtime agrees with PyTorch on {report['agreement']:.2%} of "
+                f"{report['compared']} predictions (< {args.min_agreement:.2%}); {out} not written"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(candidate, out)
+    Path(f"{out}.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+
+
+def ptq_command(args: argparse.Namespace) -> None:
+    checkpoint = read_checkpoint(args.model)
+    if "quantization" in checkpoint:
+        raise InputError(f"--model {args.model} is already int8-quantized: PTQ needs an fp32 checkpoint")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists: pass --overwrite or another --out")
+    hparams = dict(checkpoint["hyper_parameters"])
+    model = load_classifier(args.model, hparams["task"]).eval()
+    convert_to_int8(model, embeddings=not args.fp32_embeddings, head=args.quantize_head)
+    quantization = {
+        "scheme": SCHEME,
+        "embeddings": not args.fp32_embeddings,
+        "head": args.quantize_head,
+        "method": "ptq",
+    }
+    hparams["_class_path"] = "lightning_modules.QATModule"  # `shrink test --ckpt_path` evaluates int8 there
+    hparams["model_name_or_path"] = args.model
+    save_int8_checkpoint(model, out, hparams, quantization, dict(checkpoint["hf_config"]))
+    print(f"wrote {out} ({SCHEME}, post-training)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    onnx = commands.add_parser("onnx", help="export to ONNX and check parity on the validation split")
+    onnx.add_argument("--model", required=True, help="a .ckpt of this project (fp32 or int8)")
+    onnx.add_argument("--out", required=True, help="the .onnx file to write")
+    onnx.add_argument(
+        "--data", required=True, help="run config whose data: section gives the validation split"
+    )
+    onnx.add_argument("--set", action="append", default=[], help="data init arg override KEY=VALUE")
+    onnx.add_argument(
+        "--int8", action="store_true", help="int8 ONNX from an fp32 checkpoint (ONNX Runtime PTQ)"
+    )
+    onnx.add_argument("--min-agreement", type=float, default=0.995, help="fail below this label agreement")
+    onnx.add_argument("--threads", type=int, default=1)
+    onnx.add_argument("--overwrite", action="store_true")
+    ptq = commands.add_parser("ptq", help="int8 dynamic quantization of an fp32 checkpoint (no training)")
+    ptq.add_argument("--model", required=True, help="an fp32 .ckpt of this project")
+    ptq.add_argument("--out", required=True, help="the int8 .ckpt to write")
+    ptq.add_argument("--fp32-embeddings", action="store_true", help="keep word embeddings in fp32")
+    ptq.add_argument("--quantize-head", action="store_true", help="also int8 the classifier head")
+    ptq.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        (onnx_command if args.command == "onnx" else ptq_command)(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1 if str(e).startswith("parity") else 2)
+
+
+if __name__ == "__main__":
+    main()

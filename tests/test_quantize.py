@@ -1,0 +1,274 @@
+"""int8: fake quantization on exactly the intended layers, its numerics by hand, conversion to int8
+weights, converted vs fake-quantized logits, int8 checkpoints, ONNX fp32 / int8 parity, the QAT
+stage through the CLI, the export and benchmark scripts, and their bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules import InputError
+from lightning_modules import FineTuneModule
+from lightning_modules.base import load_classifier
+from lightning_modules.export import OnnxClassifier, export_onnx, input_names, parity, pytorch_logits
+from lightning_modules.quantize import (
+    SCHEME,
+    convert_to_int8,
+    import_torchao,
+    is_quantized,
+    prepare_qat,
+    save_int8_checkpoint,
+    weights_bytes,
+)
+from tests.conftest import ROOT, run_cli
+from tests.test_distill import TINY, datamodule, trainer
+
+import_torchao()
+from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear  # noqa: E402
+
+
+def tiny_classifier(task: str = "sequence", seed: int = 0) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    torch.manual_seed(seed)
+    config = dict(TINY)
+    auto = AutoModelForSequenceClassification if task == "sequence" else AutoModelForTokenClassification
+    return auto.from_config(AutoConfig.for_model(config.pop("model_type"), num_labels=3, **config)).eval()
+
+
+def inputs(batch: int = 8, length: int = 24, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 1000, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, length // 2 :] = 0  # one padded row
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+@pytest.mark.parametrize("embeddings,head", [(True, False), (False, True)])
+def test_fake_quantization_sits_on_exactly_the_intended_layers(embeddings, head):
+    model = prepare_qat(tiny_classifier(), embeddings=embeddings, head=head)
+    fake_linears = {n for n, m in model.named_modules() if isinstance(m, FakeQuantizedLinear)}
+    encoder = {
+        f"bert.encoder.layer.{i}.{part}"
+        for i in range(TINY["num_hidden_layers"])
+        for part in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        )
+    }
+    assert fake_linears == encoder | ({"bert.pooler.dense", "classifier"} if head else set())
+    fake_tables = {n for n, m in model.named_modules() if isinstance(m, FakeQuantizedEmbedding)}
+    assert fake_tables == ({"bert.embeddings.word_embeddings"} if embeddings else set())
+    assert is_quantized(model) and not is_quantized(tiny_classifier())
+
+
+def test_fake_quantization_numerics_by_hand():
+    """Weights: per output channel, symmetric, scale = max|w| / 127.5, int8 range [-128, 127].
+    Activations: per token, asymmetric, over [min(x, 0), max(x, 0)] on 256 levels."""
+    model = prepare_qat(tiny_classifier(), embeddings=False)
+    layer = model.bert.encoder.layer[0].attention.self.query
+    w = layer.weight.detach()
+    scale = w.abs().amax(dim=1, keepdim=True) / 127.5
+    by_hand = torch.clamp(torch.round(w / scale), -128, 127) * scale
+    diff = (layer.weight_fake_quantizer(w) - by_hand).abs()
+    tie = (w / scale).abs() > 127.49  # -max|w| sits on the -127.5 rounding tie: either neighbour is right
+    assert diff[~tie].max() < 1e-6 and (diff <= scale + 1e-7).all()
+
+    x = torch.randn(3, 5, w.shape[1])
+    low, high = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+    step = (high - low) / 255
+    zero = torch.clamp(-128 - torch.round(low / step), -128, 127)
+    by_hand = (torch.clamp(torch.round(x / step) + zero, -128, 127) - zero) * step
+    torch.testing.assert_close(layer.activation_fake_quantizer(x), by_hand, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_conversion_gives_int8_weights_and_matches_the_fake_quantized_logits(task):
+    model = prepare_qat(tiny_classifier(task), embeddings=True, head=False)
+    batch = inputs()
+    with torch.no_grad():
+        fake = model(**batch).logits
+        convert_to_int8(model, embeddings=True, head=False)
+        real = model(**batch).logits
+    query = model.bert.encoder.layer[0].attention.self.query.weight
+    assert query.qdata.dtype == torch.int8 and query.scale.numel() == query.shape[0]  # per output channel
+    table = model.bert.embeddings.word_embeddings.weight
+    assert table.qdata.dtype == torch.int8 and table.scale.numel() == table.shape[0]  # per row
+    assert type(model.classifier.weight.data) is torch.Tensor  # the head stays fp32
+    # the same numerics: only float rounding separates them (stated tolerance 1e-4)
+    assert (fake - real).abs().max() < 1e-4
+    fp32 = tiny_classifier(task)
+    with torch.no_grad():
+        assert (fp32(**batch).logits - real).abs().max() > 1e-4  # quantization did change the numbers
+
+
+def test_int8_checkpoint_round_trip(tmp_path):
+    model = convert_to_int8(tiny_classifier(), embeddings=True, head=False)
+    path = tmp_path / "int8.ckpt"
+    quantization = {"scheme": SCHEME, "embeddings": True, "head": False}
+    save_int8_checkpoint(model, path, {"task": "sequence"}, quantization)
+    loaded = load_classifier(str(path), "sequence", int8_ok=True)
+    batch = inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+    # 90% of this tiny model's weights are int8 (1 byte instead of 4), plus scales and pickling
+    assert path.stat().st_size < 0.55 * weights_bytes(tiny_classifier())
+    with pytest.raises(InputError, match="already int8-quantized"):
+        load_classifier(str(path), "sequence")  # training from it is refused
+    with pytest.raises(InputError, match="already int8-quantized"):
+        prepare_qat(loaded)
+
+
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_onnx_fp32_and_int8_parity(task, tmp_path):
+    from onnx import load
+
+    fp32 = tiny_classifier(task)
+    int8 = convert_to_int8(prepare_qat(tiny_classifier(task)))
+    batches = [inputs(seed=s) for s in range(4)]
+    for batch in batches:  # word ids for the token-task comparison: every position is a word
+        batch["word_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]).clone()
+        batch["word_ids"][batch["attention_mask"] == 0] = -1
+    for name, model, int8_graph in (("fp32", fp32, False), ("int8", int8, True)):
+        path = export_onnx(model, tmp_path / f"{name}.onnx", int8=int8_graph)
+        report = parity(pytorch_logits(model, input_names(model)), OnnxClassifier(path), batches, task)
+        if name == "fp32":
+            assert report["max_logit_diff"] < 1e-4 and report["agreement"] == 1.0, report
+        else:  # ONNX Runtime quantizes activations per tensor, torchao per token: close, not equal
+            assert report["max_logit_diff"] < 0.1 and report["agreement"] >= 0.95, report
+    ops = [node.op_type for node in load(str(tmp_path / "int8.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 6 * TINY["num_hidden_layers"]  # exactly the encoder Linears
+    assert "MatMul" in ops  # attention products and the fp32 head
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> Path:
+    """A tiny fine-tuned fp32 sentiment checkpoint written by Lightning."""
+    tmp = tmp_path_factory.mktemp("student")
+    L.seed_everything(0)
+    dm = datamodule("sequence", tmp)
+    module = FineTuneModule(model_config=TINY, task="sequence", label_names=dm.label_names, learning_rate=1e-3)
+    run = trainer(max_steps=12)
+    run.fit(module, dm)
+    run.save_checkpoint(tmp / "student.ckpt")
+    return tmp / "student.ckpt"
+
+
+def qat_args(student: Path, tmp: Path, *extra: str) -> list[str]:
+    return [
+        "--config",
+        str(ROOT / "configs" / "demo" / "sequence_qat.yaml"),
+        "--model.init_args.model_name_or_path",
+        str(student),
+        "--model.init_args.teacher",
+        "null",
+        "--data.init_args.max_train_samples",
+        "64",
+        "--data.init_args.max_eval_samples",
+        "48",
+        "--data.init_args.cache_dir",
+        str(student.parent),
+        "--out_dir",
+        str(tmp / "run"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
+def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
+    result = run_cli("fit", *qat_args(student, tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    int8_path = run / "int8.ckpt"
+    checkpoint = torch.load(int8_path, map_location="cpu", weights_only=True)
+    assert checkpoint["quantization"]["embeddings"] and "optimizer_states" not in checkpoint
+    after_fit = json.loads((run / "int8_validate_metrics.json").read_text())
+    # validate accepts the int8 checkpoint and scores the same model the fit scored
+    result = run_cli("validate", *qat_args(student, tmp_path), "--ckpt_path", str(int8_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((run / "validate_metrics.json").read_text())
+    assert again["val/accuracy"] == pytest.approx(after_fit["val/accuracy"], abs=1e-6)
+    assert again["val/loss"] == pytest.approx(after_fit["val/loss"], abs=1e-5)
+    result = run_cli("predict", *qat_args(student, tmp_path), "--ckpt_path", str(int8_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = json.loads((run / "predictions.jsonl").read_text().splitlines()[0])
+    assert first["label"] in ("negative", "positive")
+
+    # bad input: QAT from an int8 checkpoint, or resuming fit from one; nothing overwritten
+    before = int8_path.stat().st_mtime_ns
+    for extra in (["--model.init_args.model_name_or_path", str(int8_path)], ["--ckpt_path", str(int8_path)]):
+        result = run_cli("fit", *qat_args(student, tmp_path), *extra, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "int8" in errors[0]
+    assert int8_path.stat().st_mtime_ns == before
+
+    # export: ONNX int8 from the QAT checkpoint passes parity; a failed parity check writes nothing
+    data = ["--data", str(ROOT / "configs" / "demo" / "sequence_qat.yaml"), "--set", "max_eval_samples=48",
+            "--set", f"cache_dir={student.parent}"]  # fmt: skip
+    onnx = tmp_path / "model.int8.onnx"
+    result = run_script("export.py", "onnx", "--model", str(int8_path), "--out", str(onnx), *data, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(Path(f"{onnx}.json").read_text())
+    assert report["int8"] and report["agreement"] >= 0.995 and report["compared"] == 48
+    before = onnx.stat().st_mtime_ns
+    result = run_script(
+        "export.py", "onnx", "--model", str(int8_path), "--out", str(onnx), *data,
+        "--overwrite", "--min-agreement", "1.01", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: parity check failed")
+    assert onnx.stat().st_mtime_ns == before
+    not_ours = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, not_ours)
+    result = run_script("export.py", "onnx", "--model", str(not_ours), "--out", str(tmp_path / "x.onnx"), *data,
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "unknown type" in result.stderr.strip().splitlines()[-1]
+
+    # PTQ baseline, then the benchmark over fp32 / PTQ / QAT in PyTorch and ONNX Runtime
+    ptq = tmp_path / "ptq.int8.ckpt"
+    result = run_script("export.py", "ptq", "--model", str(student), "--out", str(ptq), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = tmp_path / "bench"
+    models = ["--model", f"fp32={student}", "--model", f"ptq int8={ptq}", "--model", f"qat int8={int8_path}"]
+    result = run_script(
+        "benchmark.py", *models, *data, "--onnx", "--out", str(bench), "--latency-samples", "12",
+        "--long-repeats", "3", "--throughput-batches", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((bench / "benchmark.json").read_text())["rows"]
+    assert [(r["model"], r["runtime"]) for r in rows] == [
+        (m, rt) for m in ("fp32", "ptq int8", "qat int8") for rt in ("pytorch", "onnxruntime")
+    ]
+    assert rows[0]["accuracy"] == pytest.approx(rows[1]["accuracy"])  # fp32 in both runtimes
+    assert rows[4]["accuracy"] == pytest.approx(after_fit["val/accuracy"], abs=1e-6)  # QAT int8, PyTorch
+    assert rows[2]["size_mb"] < 0.55 * rows[0]["size_mb"] and rows[0]["retention"] == 1.0
+    assert all(r["latency_ms_p50"] > 0 and r["throughput_b32"] > 0 for r in rows)
+    table = (bench / "benchmark.md").read_text()
+    assert table.count("\n| ") == 1 + len(rows) and (bench / "benchmark.png").stat().st_size > 10_000
+    result = run_script("benchmark.py", "--model", f"x={tmp_path / 'missing.ckpt'}", *data, "--out", str(bench),
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "does not exist" in result.stderr.strip().splitlines()[-1]
