@@ -38,9 +38,7 @@ def input_names(model: torch.nn.Module) -> list[str]:
 
 def model_inputs(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
     """The graph's inputs from a batch; token types default to zeros (tokenizers without them)."""
-    return {
-        name: batch[name] if name in batch else torch.zeros_like(batch["input_ids"]) for name in names
-    }
+    return {name: batch[name] if name in batch else torch.zeros_like(batch["input_ids"]) for name in names}
 
 
 class _LogitsOnly(torch.nn.Module):

@@ -156,7 +156,9 @@ def student(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("student")
     L.seed_everything(0)
     dm = datamodule("sequence", tmp)
-    module = FineTuneModule(model_config=TINY, task="sequence", label_names=dm.label_names, learning_rate=1e-3)
+    module = FineTuneModule(
+        model_config=TINY, task="sequence", label_names=dm.label_names, learning_rate=1e-3
+    )
     run = trainer(max_steps=12)
     run.fit(module, dm)
     run.save_checkpoint(tmp / "student.ckpt")
@@ -231,7 +233,9 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
     data = ["--data", str(ROOT / "configs" / "demo" / "sequence_qat.yaml"), "--set", "max_eval_samples=48",
             "--set", f"cache_dir={student.parent}"]  # fmt: skip
     onnx = tmp_path / "model.int8.onnx"
-    result = run_script("export.py", "onnx", "--model", str(int8_path), "--out", str(onnx), *data, cwd=tmp_path)
+    result = run_script(
+        "export.py", "onnx", "--model", str(int8_path), "--out", str(onnx), *data, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(Path(f"{onnx}.json").read_text())
     assert report["int8"] and report["agreement"] >= 0.995 and report["compared"] == 48
@@ -240,7 +244,9 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
         "export.py", "onnx", "--model", str(int8_path), "--out", str(onnx), *data,
         "--overwrite", "--min-agreement", "1.01", cwd=tmp_path,
     )  # fmt: skip
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: parity check failed")
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
+        "error: parity check failed"
+    )
     assert onnx.stat().st_mtime_ns == before
     not_ours = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}}, not_ours)
