@@ -1,6 +1,8 @@
 """The offline demo: on the embedded sentiment and NER sets, fine-tune a teacher (2 layers x 128),
 distill it into a 4x smaller student (2 layers x 64), fine-tune the same student without a teacher
-for comparison, and print held-out scores. No downloads; a few minutes on 2 CPU cores.
+for comparison, quantize the distilled student to int8 (QAT guided by the teacher, and PTQ for
+comparison), print held-out scores, then benchmark teacher vs student vs int8 (PyTorch and ONNX
+Runtime: metric, size, latency) and print that table. No downloads; a few minutes on 2 CPU cores.
 
     python scripts/demo.py [--out_dir outputs/demo]
 """
@@ -40,6 +42,20 @@ def shrink(*args: str) -> None:
     )
     if result.returncode != 0:
         sys.exit(f"demo step failed:\n{result.stderr[-4000:]}")
+
+
+def script(name: str, *args: str) -> None:
+    print(f"$ python scripts/{name} " + " ".join(args), flush=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args], cwd=ROOT, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        sys.exit(f"demo step failed:\n{result.stderr[-4000:]}")
+
+
+def int8_score(config: str, run_dir: Path, int8: Path, metric: str) -> float:
+    shrink("test", "--config", config, "--out_dir", str(run_dir), "--ckpt_path", str(int8))
+    return json.loads((run_dir / "test_metrics.json").read_text())[metric]
 
 
 def stage(config: str, run_dir: Path, metric: str, *overrides: str) -> tuple[float, float, int]:
@@ -90,9 +106,29 @@ def main() -> None:
                 ),
             )
         )
+        # int8: QAT of the distilled student guided by the teacher, and PTQ of it (no training)
+        teacher = best_checkpoint_in(teacher_dir / "checkpoints")
+        student = best_checkpoint_in(out / f"{task}_distill" / "checkpoints")
+        qat_config, qat_dir = f"configs/demo/{task}_qat.yaml", out / f"{task}_qat"
+        start = time.perf_counter()
+        shrink("fit", "--config", qat_config, "--out_dir", str(qat_dir),
+               "--model.init_args.model_name_or_path", student, "--model.init_args.teacher", teacher)  # fmt: skip
+        score = int8_score(qat_config, qat_dir, qat_dir / "int8.ckpt", metric)
+        rows.append((task, "student, QAT int8", score, time.perf_counter() - start, rows[-2][4]))
+        ptq = out / f"{task}_ptq" / "int8.ckpt"
+        start = time.perf_counter()
+        script("export.py", "ptq", "--model", student, "--out", str(ptq), "--overwrite")
+        score = int8_score(qat_config, out / f"{task}_ptq", ptq, metric)
+        rows.append((task, "student, PTQ int8", score, time.perf_counter() - start, rows[-3][4]))
+        models = {"teacher fp32": teacher, "student fp32": student, "student PTQ int8": ptq,
+                  "student QAT int8": qat_dir / "int8.ckpt"}  # fmt: skip
+        script("benchmark.py", "--data", qat_config, "--split", "test", "--onnx", "--out", str(out / f"{task}_benchmark"),
+               *[arg for name, path in models.items() for arg in ("--model", f"{name}={path}")])  # fmt: skip
     print("\n| task | model | parameters | held-out metric | score | seconds |\n|---|---|---|---|---|---|")
     for task, model, score, seconds, parameters in rows:
         print(f"| {task} | {model} | {parameters / 1e6:.2f}M | {TASKS[task]} | {score:.4f} | {seconds:.0f} |")
+    for task in TASKS:
+        print("\n" + (out / f"{task}_benchmark" / "benchmark.md").read_text())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ its own int8 or fp16 engine); in PyTorch, the torchao int8 checkpoint runs on GP
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 from datamodules import InputError, datamodule_from_config  # noqa: E402
 from lightning_modules.base import load_classifier  # noqa: E402
 from lightning_modules.export import OnnxClassifier, export_onnx, input_names, parity, pytorch_logits  # noqa: E402
+from lightning_modules.qat import QATModule  # noqa: E402
 from lightning_modules.quantize import SCHEME, convert_to_int8, import_torchao, save_int8_checkpoint  # noqa: E402
 
 
@@ -105,8 +107,8 @@ def ptq_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists: pass --overwrite or another --out")
-    hparams = dict(checkpoint["hyper_parameters"])
-    model = load_classifier(args.model, hparams["task"]).eval()
+    source = checkpoint["hyper_parameters"]
+    model = load_classifier(args.model, source["task"]).eval()
     convert_to_int8(model, embeddings=not args.fp32_embeddings, head=args.quantize_head)
     quantization = {
         "scheme": SCHEME,
@@ -114,8 +116,10 @@ def ptq_command(args: argparse.Namespace) -> None:
         "head": args.quantize_head,
         "method": "ptq",
     }
-    hparams["_class_path"] = "lightning_modules.QATModule"  # `shrink test --ckpt_path` evaluates int8 there
-    hparams["model_name_or_path"] = args.model
+    # `shrink validate/test/predict --ckpt_path` rebuild the model class from these hyper-parameters
+    accepted = inspect.signature(QATModule.__init__).parameters
+    hparams = {k: v for k, v in source.items() if k in accepted and k != "teacher"}
+    hparams.update(_class_path="lightning_modules.QATModule", model_name_or_path=args.model)
     save_int8_checkpoint(model, out, hparams, quantization, dict(checkpoint["hf_config"]))
     print(f"wrote {out} ({SCHEME}, post-training)")
 

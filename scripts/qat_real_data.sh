@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Real-data QAT check (benchmark, not CI): the fp32 MiniLM-L6 students of the earlier stages
 # -> QAT int8 (torchao) and PTQ int8 (no training), each scored by `shrink test` on SST-2 dev /
-# CoNLL-2003 test with the same metric. Prints one JSON line per run; the side-by-side latency /
+# CoNLL-2003 test with the same metric. QAT runs with the plain task loss (*-qat) and guided by the
+# fp32 student itself as teacher (*-qat-self: alpha 1, the int8 model learns to match its fp32 self). Prints one JSON line per run; the side-by-side latency /
 # size table is scripts/benchmark.py.
 #   scripts/qat_real_data.sh MODELS_DIR DATA_DIR [STUDENTS_DIR] [OUT_DIR]
 set -euo pipefail
 MODELS=${1:?MODELS_DIR}; DATA=${2:?DATA_DIR}; STUDENTS=${3:-results/finetune}; OUT=${4:-results/qat}
 ROWS=${ROWS-8000}           # SST-2 QAT training rows (empty = all 67k)
 CONLL_ROWS=${CONLL_ROWS-5000}
-RUNS=${RUNS:-sst2-qat sst2-ptq conll-qat conll-ptq}
+RUNS=${RUNS:-sst2-qat sst2-qat-self sst2-ptq conll-qat conll-qat-self conll-ptq}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 MINILM="$MODELS/all-MiniLM-L6-v2"
@@ -39,6 +40,11 @@ for task in sst2 conll; do
     shrink fit --config "$config" "${args[@]}" --model.model_name_or_path "$student" --out_dir "$OUT/$task-qat" \
       > "$OUT/$task-qat.fit.log" 2>&1
     score "$task-qat" "$config" "$OUT/$task-qat/int8.ckpt" "${args[@]}" --model.model_name_or_path "$student"
+  fi
+  if want "$task-qat-self"; then
+    shrink fit --config "$config" "${args[@]}" --model.model_name_or_path "$student" --model.teacher "$student" \
+      --model.alpha 1.0 --out_dir "$OUT/$task-qat-self" > "$OUT/$task-qat-self.fit.log" 2>&1
+    score "$task-qat-self" "$config" "$OUT/$task-qat-self/int8.ckpt" "${args[@]}" --model.model_name_or_path "$student"
   fi
   if want "$task-ptq"; then
     python scripts/export.py ptq --model "$student" --out "$OUT/$task-ptq/int8.ckpt" --overwrite > "$OUT/$task-ptq.log" 2>&1

@@ -258,6 +258,9 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
     ptq = tmp_path / "ptq.int8.ckpt"
     result = run_script("export.py", "ptq", "--model", str(student), "--out", str(ptq), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("validate", *qat_args(student, tmp_path), "--ckpt_path", str(ptq), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ptq_accuracy = json.loads((tmp_path / "run" / "validate_metrics.json").read_text())["val/accuracy"]
     bench = tmp_path / "bench"
     models = ["--model", f"fp32={student}", "--model", f"ptq int8={ptq}", "--model", f"qat int8={int8_path}"]
     result = run_script(
@@ -271,6 +274,7 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
     ]
     assert rows[0]["accuracy"] == pytest.approx(rows[1]["accuracy"])  # fp32 in both runtimes
     assert rows[4]["accuracy"] == pytest.approx(after_fit["val/accuracy"], abs=1e-6)  # QAT int8, PyTorch
+    assert rows[2]["accuracy"] == pytest.approx(ptq_accuracy, abs=1e-6)  # PTQ int8, PyTorch
     assert rows[2]["size_mb"] < 0.55 * rows[0]["size_mb"] and rows[0]["retention"] == 1.0
     assert all(r["latency_ms_p50"] > 0 and r["throughput_b32"] > 0 for r in rows)
     table = (bench / "benchmark.md").read_text()
