@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules import demo
 from datamodules.errors import InputError
@@ -342,10 +343,17 @@ class ClassificationDataModule(L.LightningDataModule):
             self.encoded_split(self.splits[stage])
 
     def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
+        data = self.encoded_split(self.splits[stage])
+        if stage == "fit":
+            # a StatefulDataLoader: Lightning saves its position in checkpoints, so a run resumed
+            # mid-epoch sees exactly the batches it had not seen. It runs in the main process (the
+            # data is tokenized already; padding a batch is cheap), which keeps that position exact.
+            return StatefulDataLoader(
+                data, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate
+            )
         return DataLoader(
-            self.encoded_split(self.splits[stage]),
-            batch_size=self.batch_size if stage == "fit" else self.eval_batch_size,
-            shuffle=shuffle,
+            data,
+            batch_size=self.eval_batch_size,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -3,6 +3,7 @@ from lightning_modules.callbacks import PredictionWriter, ThroughputLogger
 from lightning_modules.distill import DistillationModule
 from lightning_modules.finetune import FineTuneModule
 from lightning_modules.qat import QATModule
+from lightning_modules.resume import ResumeCheckpoint
 
 __all__ = [
     "ClassificationModule",
@@ -10,6 +11,7 @@ __all__ = [
     "FineTuneModule",
     "PredictionWriter",
     "QATModule",
+    "ResumeCheckpoint",
     "ThroughputLogger",
     "build_classifier",
 ]

@@ -15,17 +15,20 @@ import io
 import json
 import netrc
 import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
 from lightning_modules.base import ClassificationModule
 from lightning_modules.quantize import import_torchao
+from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
 
 
 def best_checkpoint_in(dirpath: str | Path) -> str:
@@ -44,6 +47,12 @@ def best_checkpoint_in(dirpath: str | Path) -> str:
             f"--ckpt_path best: {lasts[-1]} names no existing best checkpoint ({best}); pass a file"
         )
     return best
+
+
+def last_checkpoint_in(dirpath: str | Path) -> str | None:
+    """The newest ``last*.ckpt`` of a run's checkpoint folder (what ``--ckpt_path last`` resumes)."""
+    lasts = sorted(Path(dirpath).glob("last*.ckpt"), key=os.path.getmtime)
+    return str(lasts[-1]) if lasts else None
 
 
 def int8_checkpoint(path: str | None) -> dict | None:
@@ -77,6 +86,15 @@ class LoggedConfig(SaveConfigCallback):
 
 
 class ShrinkCLI(LightningCLI):
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints are written atomically (temporary file + rename) unless a plugin says otherwise."""
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--out_dir",
@@ -104,11 +122,35 @@ class ShrinkCLI(LightningCLI):
             sys.exit(2)
         sys.stderr.write(report.getvalue())
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the model's hyper-parameters from ``--ckpt_path``; first refuse a corrupt
+        file, and a checkpoint of another stage when resuming ``fit``, with one line each."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            check_checkpoint(ckpt_path)
+            if subcommand == "fit":
+                import_torchao()
+                hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(
+                    "hyper_parameters", {}
+                )
+                found, wanted = hparams.get("_class_path"), config.model.class_path
+                if found and found != wanted:
+                    raise InputError(
+                        f"--ckpt_path {ckpt_path} is a {found.rpartition('.')[2]} checkpoint but the config "
+                        f"trains {wanted.rpartition('.')[2]}: resume with the config of the same stage"
+                    )
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         data, model = config.data.init_args, config.model.init_args
         if config.get("out_dir"):
             self._place_outputs(config, config.out_dir)
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            self._resume_checks(config)
+        self._check_devices(config.trainer)
         if data.get("tokenizer") is None:
             source = model.get("model_name_or_path") or model.get("student_model_name_or_path")
             if source is None or str(source).endswith(".ckpt"):
@@ -116,6 +158,61 @@ class ShrinkCLI(LightningCLI):
                     "no tokenizer: set data.tokenizer (the model gives no pretrained folder or hub name)"
                 )
             data.tokenizer = source
+
+    @staticmethod
+    def _check_devices(trainer) -> None:
+        """More GPUs than exist (or none at all) gets one line instead of Lightning's backend error."""
+        accelerator, devices = str(trainer.get("accelerator") or "auto"), trainer.get("devices")
+        if accelerator not in ("gpu", "cuda") and not (accelerator == "auto" and torch.cuda.is_available()):
+            return
+        have = torch.cuda.device_count()
+        if isinstance(devices, str) and devices.strip().isdigit():
+            devices = int(devices)
+        want = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else None
+        if have == 0:
+            raise InputError(
+                f"trainer.accelerator {accelerator} but this machine has no CUDA GPU: "
+                "use --trainer.accelerator cpu (or auto)"
+            )
+        if want is not None and want > have:
+            raise InputError(
+                f"trainer.devices {want} asks for {want} CUDA GPUs but this machine has {have}: "
+                f"use --trainer.devices {have} or fewer"
+            )
+
+    @staticmethod
+    def _resume_checks(config) -> None:
+        """Before resuming: the checkpoint must leave epochs to train, and the W&B logger continues
+        the run the checkpoint was logging to (its id is stored by ResumeCheckpoint)."""
+        ckpt_path = config.ckpt_path
+        if ckpt_path == "last":
+            dirs = [
+                c.init_args.get("dirpath")
+                for c in config.trainer.get("callbacks") or []
+                if c.class_path.endswith("ModelCheckpoint")
+            ]
+            found = [last_checkpoint_in(d) for d in dirs if d]
+            ckpt_path = max((p for p in found if p), key=os.path.getmtime, default=None)
+        if not ckpt_path or not os.path.isfile(ckpt_path):
+            return  # Lightning reports a missing "last" itself (it starts from scratch with a warning)
+        check_checkpoint(ckpt_path)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+        done = progress.get("current", {}).get("completed", checkpoint.get("epoch", 0))
+        max_epochs = config.trainer.get("max_epochs")
+        if max_epochs is not None and max_epochs != -1 and max_epochs <= done:
+            raise InputError(
+                f"--ckpt_path {ckpt_path} has already trained {done} epoch(s); trainer.max_epochs "
+                f"{max_epochs} leaves nothing to do: raise --trainer.max_epochs"
+            )
+        run_id = next(
+            (s["wandb_run_id"] for s in checkpoint.get("callbacks", {}).values() if s.get("wandb_run_id")),
+            None,
+        )
+        logger = config.trainer.get("logger")
+        for item in logger if isinstance(logger, list) else [logger]:
+            if run_id and getattr(item, "class_path", "").endswith("WandbLogger"):
+                item.init_args.id, item.init_args.resume = run_id, "allow"
 
     @staticmethod
     def _place_outputs(config, out_dir: str) -> None:
@@ -226,8 +323,17 @@ def main(args: list[str] | None = None) -> None:
             args=args,
             auto_configure_optimizers=False,
         )
-    except Exception as e:  # noqa: BLE001 - only our InputError is turned into one line
+    except SIGTERMException as e:  # preempted: ResumeCheckpoint wrote the checkpoint
+        where = getattr(e, "checkpoint", None)
+        print(
+            f"preempted: checkpoint written to {where}; rerun with --ckpt_path last to resume",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGTERM)  # "terminated": schedulers requeue rather than mark it done
+    except Exception as e:  # noqa: BLE001 - only input errors are turned into one line
         cause = input_error_in(e)
+        if cause is None and isinstance(e, MisconfigurationException):
+            cause = str(e).strip().splitlines()[0]
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)

@@ -239,7 +239,11 @@ class DistillationModule(ClassificationModule):
         path = self.cache_dir / "teacher" / f"{self._cache_key(datamodule)}.pt"
         if self.trainer.is_global_zero and not path.exists():
             log.warning("teacher cache: none for this teacher, data and preprocessing; building %s", path)
-            cache = self._build_cache(datamodule)
+            # building draws no random numbers the training sees: a run that builds the cache and
+            # one that reuses it train identically (a DataLoader iterator draws a seed)
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                cache = self._build_cache(datamodule)
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(cache, f"{path}.tmp{os.getpid()}")
             os.replace(f"{path}.tmp{os.getpid()}", path)

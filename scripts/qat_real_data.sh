@@ -9,15 +9,16 @@ set -euo pipefail
 MODELS=${1:?MODELS_DIR}; DATA=${2:?DATA_DIR}; STUDENTS=${3:-results/finetune}; OUT=${4:-results/qat}
 ROWS=${ROWS-8000}           # SST-2 QAT training rows (empty = all 67k)
 CONLL_ROWS=${CONLL_ROWS-5000}
+LR=${LR-}                   # QAT learning rate (empty = the config's 1e-5)
 RUNS=${RUNS:-sst2-qat sst2-qat-self sst2-ptq conll-qat conll-qat-self conll-ptq}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 MINILM="$MODELS/all-MiniLM-L6-v2"
 best() { python -c "from lightning_modules.cli import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
 SST2=(--data.num_workers 1 --data.tokenizer "$MINILM" --data.data_files "{train: $DATA/sst2/train.tsv, validation: $DATA/sst2/dev.tsv}"
-      ${ROWS:+--data.max_train_samples $ROWS} --trainer.val_check_interval 0.5)
+      ${ROWS:+--data.max_train_samples $ROWS} --trainer.val_check_interval 0.5 ${LR:+--model.learning_rate $LR})
 CONLL=(--data.num_workers 1 --data.tokenizer "$MINILM" --data.tag_column 3 ${CONLL_ROWS:+--data.max_train_samples $CONLL_ROWS}
-       --data.data_files "{train: $DATA/conll2003/train.txt, validation: $DATA/conll2003/valid.txt, test: $DATA/conll2003/test.txt}")
+       ${LR:+--model.learning_rate $LR} --data.data_files "{train: $DATA/conll2003/train.txt, validation: $DATA/conll2003/valid.txt, test: $DATA/conll2003/test.txt}")
 
 score() {  # name, config, int8 checkpoint, args...
   local name=$1 config=$2 ckpt=$3; shift 3

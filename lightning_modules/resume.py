@@ -1,0 +1,220 @@
+"""Runs that survive preemption: checkpoints written atomically, a ``last.ckpt`` every N steps and on
+SIGTERM / SIGUSR1, and everything an exact resume needs beyond Lightning's own checkpoint (RNG
+states, the W&B run id). The data position is Lightning's: the training DataLoader is a
+``StatefulDataLoader``, whose state Lightning stores in the checkpoint."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from datamodules.errors import InputError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, flushes it to disk and renames
+    it over the target: a kill during the write leaves the previous checkpoint intact."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if get_filesystem(path).protocol not in ("file", ("file", "local")):  # remote: fsspec's own write
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
+        check_checkpoint(str(path))
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+def check_checkpoint(path: str) -> None:
+    """One clear line for a checkpoint that is missing, truncated or not a checkpoint at all."""
+    if not os.path.isfile(path):
+        raise InputError(f"checkpoint {path} does not exist: fix --ckpt_path (or use 'last' / 'best')")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise InputError(
+            f"checkpoint {path} is corrupt or truncated ({reason}): pass an intact one, e.g. an earlier "
+            "checkpoint of the run"
+        ) from None
+
+
+def _rng_states() -> dict[str, Any]:
+    """Plain tensors, tuples and numbers only, so checkpoints load with ``weights_only=True``."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumeCheckpoint(L.Callback):
+    """Writes ``last.ckpt`` every ``every_n_train_steps``, at the end of training, and when the process receives SIGTERM or
+    SIGUSR1 (preemption; Lightning stops after the current batch), and stores the RNG states and the
+    W&B run id so ``--ckpt_path last`` continues exactly where the run stopped, in the same W&B run."""
+
+    def __init__(self, every_n_train_steps: int | None = None, dirpath: str | None = None) -> None:
+        """
+        Args:
+            every_n_train_steps: write ``last.ckpt`` every N optimizer steps (None: only on preemption;
+                the ModelCheckpoint callback still writes it at validation / epoch end).
+            dirpath: where ``last.ckpt`` goes; default: the ModelCheckpoint callback's folder.
+        """
+        self.every_n_train_steps, self.dirpath = every_n_train_steps, dirpath
+        self._previous_sigusr1: Any = None
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def _path(self, trainer: L.Trainer) -> str:
+        dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
+        return os.path.join(dirpath or os.path.join(trainer.default_root_dir, "checkpoints"), "last.ckpt")
+
+    # --- signals -------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # SIGTERM is Lightning's own (it stops after the current batch, on every rank); SIGUSR1 is
+        # turned into SIGTERM unless Lightning's SLURM auto-requeue already owns it
+        if hasattr(signal, "SIGUSR1") and not _slurm_requeue_owns_sigusr1(trainer):
+            self._previous_sigusr1 = signal.signal(signal.SIGUSR1, _forward_to_sigterm)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigusr1()
+
+    def _restore_sigusr1(self) -> None:
+        if self._previous_sigusr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
+            self._previous_sigusr1 = None
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        self._restore_sigusr1()
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            path = self._path(trainer)
+            trainer.save_checkpoint(path)  # the batch is complete: a consistent mid-epoch state
+            _mark_wandb_preempting(trainer)
+            exception.checkpoint = path  # the CLI names it in its last line
+
+    # --- periodic checkpoints -------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        n = self.every_n_train_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step > 0 and not trainer.sanity_checking:
+            trainer.save_checkpoint(self._path(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's ModelCheckpoint writes last.ckpt only when it also saves a top-k checkpoint:
+        # without this, last.ckpt could trail the end of training
+        trainer.save_checkpoint(self._path(trainer))
+
+    # --- state in the checkpoint ------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "_trainer", None)
+        return {"rng": _rng_states(), "wandb_run_id": wandb_run_id(trainer) if trainer else None}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        rewind_prefetched_batch(checkpoint, getattr(trainer.train_dataloader, "batch_size", None))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng_to_restore = state_dict.get("rng")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # configure_optimizers asks for trainer.estimated_stepping_batches, which builds the training
+        # DataLoader before Lightning restores the checkpoint, so the saved data position is never
+        # applied (the resumed epoch would start over). Apply it now and restart the iterator.
+        loop = trainer.fit_loop
+        if loop._combined_loader_states_to_load and loop._combined_loader is not None:
+            loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
+            loop._combined_loader_states_to_load = []
+            iter(loop._data_fetcher)
+        # restored last, right before the first resumed batch: nothing above draws random numbers after it
+        if self._rng_to_restore is not None:
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+
+def rewind_prefetched_batch(checkpoint: dict[str, Any], batch_size: int | None) -> None:
+    """Lightning fetches one training batch ahead, so the DataLoader state it saves mid-epoch counts a
+    batch the model has not trained on; a resumed run would skip it. Set the counts back to the
+    batches processed (the sampler state replays the epoch's order and skips that many)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loop.get("epoch_loop.batch_progress", {})
+    processed = progress.get("current", {}).get("processed")
+    if processed is None or progress.get("is_last_batch") or not batch_size:
+        return
+    for state in loop.get("state_dict", {}).get("combined_loader") or []:
+        extra = state.get("_num_yielded", 0) - processed
+        if extra <= 0 or "_snapshot" in state:  # nothing ahead, or a worker-process loader's snapshot
+            continue
+        state["_num_yielded"] -= extra
+        state["_sampler_iter_yielded"] -= extra
+        sampler = state.get("_sampler_iter_state") or {}
+        if "samples_yielded" in sampler:
+            sampler["samples_yielded"] -= extra * batch_size
+        inner = sampler.get("sampler_iter_state") or {}
+        if "yielded" in inner:
+            inner["yielded"] -= extra * batch_size
+
+
+def wandb_run_id(trainer: L.Trainer) -> str | None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            return logger.experiment.id
+    return None
+
+
+def _mark_wandb_preempting(trainer: L.Trainer) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            mark = getattr(logger.experiment, "mark_preempting", None)
+            if callable(mark):
+                mark()
+
+
+def _forward_to_sigterm(signum: int, frame: Any) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _slurm_requeue_owns_sigusr1(trainer: L.Trainer) -> bool:
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = trainer._accelerator_connector.cluster_environment
+    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue

@@ -1,0 +1,207 @@
+"""Preemptible training: SIGKILL at a random step then ``--ckpt_path last`` ends with the same weights
+as an uninterrupted run (mid-epoch included); SIGTERM / SIGUSR1 write a checkpoint and exit for
+requeue; a kill during a checkpoint write leaves the previous one loadable; the W&B run continues;
+bad resumes get one line. Every run is a real CLI subprocess."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
+from tests.conftest import ROOT, run_cli
+
+ENV = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+
+
+def config(stage: str, tmp: Path) -> str:
+    """The demo config of ``stage`` with last.ckpt every 3 steps instead of 50."""
+    path = tmp / f"sequence_{stage}.yaml"
+    if not path.exists():
+        values = yaml.safe_load((ROOT / "configs" / "demo" / f"sequence_{stage}.yaml").read_text())
+        for callback in values["trainer"]["callbacks"]:
+            if callback["class_path"].endswith("ResumeCheckpoint"):
+                callback["init_args"]["every_n_train_steps"] = 3
+        path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def args(stage: str, tmp: Path, run: str, *extra: str) -> list[str]:
+    """A 2-epoch demo run of 10 steps per epoch (320 rows, batch 32), last.ckpt every 3 steps."""
+    return [
+        "--config",
+        config(stage, tmp),
+        "--data.init_args.max_train_samples",
+        "320",
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--data.init_args.cache_dir",
+        str(tmp / "cache"),
+        "--out_dir",
+        str(tmp / run),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
+def start(*cli_args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "fit", *cli_args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def step_of(path: Path) -> int:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except (FileNotFoundError, RuntimeError, KeyError):
+        return -1
+
+
+def wait_for_step(process: subprocess.Popen, last: Path, step: int, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while step_of(last) < step:
+        assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+
+
+def final_state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] == 20
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, atol=1e-6, rtol=0, msg=key)
+    for (_, sa), (_, sb) in zip(
+        sorted(a["optimizer_states"][0]["state"].items()),
+        sorted(b["optimizer_states"][0]["state"].items()),
+        strict=True,
+    ):
+        torch.testing.assert_close(sb["exp_avg"], sa["exp_avg"], atol=1e-6, rtol=0)
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
+    score = [
+        {k: v for k, v in s.items() if k == "best_model_score"} for s in (a["callbacks"], b["callbacks"])
+    ]
+    assert score[0] == score[1]
+
+
+@pytest.mark.parametrize("stage", ["finetune", "distill"])
+def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage, tmp_path):
+    extra = []
+    if stage == "distill":
+        teacher = run_cli(
+            "fit", *args("finetune", tmp_path, "teacher", "--trainer.max_epochs", "1"), cwd=tmp_path
+        )
+        assert teacher.returncode == 0, teacher.stderr[-3000:]
+        extra = [
+            "--model.init_args.teacher",
+            str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
+            "--model.init_args.cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    whole = run_cli("fit", *args(stage, tmp_path, "whole", *extra), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    kill_at = random.Random(stage).randint(4, 14)  # mid-epoch or across the epoch boundary
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    process = start(*args(stage, tmp_path, "killed", *extra), cwd=tmp_path)
+    wait_for_step(process, last, kill_at)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    stopped_at = step_of(last)
+    assert 0 < stopped_at < 20
+    resumed = run_cli("fit", *args(stage, tmp_path, "killed", *extra), "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_writes_a_checkpoint_and_the_next_run_resumes(signum, tmp_path):
+    whole = run_cli("fit", *args("finetune", tmp_path, "whole"), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    process = start(*args("finetune", tmp_path, "run"), cwd=tmp_path)
+    wait_for_step(process, last, 4)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("preempted: checkpoint written to")
+    stopped_at = step_of(last)
+    assert 4 <= stopped_at < 20
+    resumed = run_cli("fit", *args("finetune", tmp_path, "run"), "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "run"))
+    # the resumed run logged into the same W&B run (offline run folders end with the run id)
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+    big = {"state_dict": {"w": torch.zeros(30_000_000)}, "global_step": 2}  # ~120 MB: slow enough to kill
+    code = (
+        "import sys, torch; sys.path.insert(0, sys.argv[2]);"
+        "from lightning_modules.resume import AtomicCheckpointIO;"
+        f"AtomicCheckpointIO().save_checkpoint({{'state_dict': {{'w': torch.zeros({big['state_dict']['w'].numel()})}}, "
+        "'global_step': 2}, sys.argv[1])"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(path), str(ROOT)])
+    deadline = time.time() + 60
+    while not any(p.name.startswith(".last.ckpt.tmp") for p in tmp_path.iterdir()):  # mid-write
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert step_of(path) == 1  # the previous checkpoint, intact
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(Exception, match="corrupt or truncated"):
+        check_checkpoint(str(truncated))
+
+
+def test_bad_resumes_get_one_line(tmp_path):
+    first = run_cli("fit", *args("finetune", tmp_path, "run", "--trainer.max_epochs", "1"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[:1000])
+    before = last.stat().st_mtime_ns
+    finetune = args("finetune", tmp_path, "run")
+    cases = {
+        "corrupt or truncated": [*finetune, "--ckpt_path", str(truncated)],
+        "leaves nothing to do": [*finetune, "--ckpt_path", "last", "--trainer.max_epochs", "1"],
+        "is a FineTuneModule checkpoint but the config trains DistillationModule": [
+            *args("distill", tmp_path, "run"),
+            "--ckpt_path",
+            str(last),
+            "--model.init_args.teacher",
+            str(last),
+        ],  # fmt: skip
+        "CUDA": [*finetune, "--trainer.accelerator", "gpu", "--trainer.devices", "2"],
+    }
+    for expected, cli_args in cases.items():
+        result = run_cli("fit", *cli_args, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and lines[-1].startswith("error:") and expected in lines[-1], (
+            expected,
+            result.stderr[-1500:],
+        )
+    assert last.stat().st_mtime_ns == before  # nothing overwritten
