@@ -229,7 +229,10 @@ class ClassificationModule(L.LightningModule):
         output = self(batch, labels=batch["labels"])
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         update_task_metrics(metrics, self.task, self.label_names, output.logits.argmax(-1), batch)
-        self.log(f"{stage}/loss", output.loss, batch_size=self.batch_size(batch), sync_dist=True)
+        # weighted by what the loss averages over (sentences, or labelled tokens), so the epoch value
+        # is the mean over the whole split however it is batched or split across DDP ranks
+        weight = self.batch_size(batch) if self.task == "sequence" else int((batch["labels"] != -100).sum())
+        self.log(f"{stage}/loss", output.loss, batch_size=max(weight, 1), sync_dist=True)
 
     def _log_metrics(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics

@@ -123,7 +123,9 @@ class ResumeCheckpoint(L.Callback):
         self._restore_sigusr1()
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             path = self._path(trainer)
-            trainer.save_checkpoint(path)  # the batch is complete: a consistent mid-epoch state
+            trainer.save_checkpoint(
+                path, weights_only=False
+            )  # the batch is complete: a consistent mid-epoch state
             _mark_wandb_preempting(trainer)
             exception.checkpoint = path  # the CLI names it in its last line
 
@@ -131,12 +133,12 @@ class ResumeCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         n = self.every_n_train_steps
         if n and trainer.global_step % n == 0 and trainer.global_step > 0 and not trainer.sanity_checking:
-            trainer.save_checkpoint(self._path(trainer))
+            trainer.save_checkpoint(self._path(trainer), weights_only=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning's ModelCheckpoint writes last.ckpt only when it also saves a top-k checkpoint:
         # without this, last.ckpt could trail the end of training
-        trainer.save_checkpoint(self._path(trainer))
+        trainer.save_checkpoint(self._path(trainer), weights_only=False)
 
     # --- state in the checkpoint ------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
