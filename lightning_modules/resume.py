@@ -81,7 +81,7 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ResumeCheckpoint(L.Callback):
-    """Writes ``last.ckpt`` every ``every_n_train_steps``, at the end of training, and when the process receives SIGTERM or
+    """Writes ``last.ckpt`` every ``every_n_train_steps``, at each epoch end, and when the process receives SIGTERM or
     SIGUSR1 (preemption; Lightning stops after the current batch), and stores the RNG states and the
     W&B run id so ``--ckpt_path last`` continues exactly where the run stopped, in the same W&B run."""
 
@@ -135,9 +135,9 @@ class ResumeCheckpoint(L.Callback):
         if n and trainer.global_step % n == 0 and trainer.global_step > 0 and not trainer.sanity_checking:
             trainer.save_checkpoint(self._path(trainer), weights_only=False)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning's ModelCheckpoint writes last.ckpt only when it also saves a top-k checkpoint:
-        # without this, last.ckpt could trail the end of training
+        # without this, last.ckpt could trail the end of training by epochs
         trainer.save_checkpoint(self._path(trainer), weights_only=False)
 
     # --- state in the checkpoint ------------------------------------------------------------------
@@ -155,18 +155,26 @@ class ResumeCheckpoint(L.Callback):
         self._rng_to_restore = state_dict.get("rng")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # configure_optimizers asks for trainer.estimated_stepping_batches, which builds the training
-        # DataLoader before Lightning restores the checkpoint, so the saved data position is never
-        # applied (the resumed epoch would start over). Apply it now and restart the iterator.
-        loop = trainer.fit_loop
-        if loop._combined_loader_states_to_load and loop._combined_loader is not None:
-            loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
-            loop._combined_loader_states_to_load = []
+        """Put the data position and the RNG back, in the order the uninterrupted run used them."""
+        loop, rng = trainer.fit_loop, self._rng_to_restore
+        self._rng_to_restore = None
+        progress = loop.epoch_loop.batch_progress  # as restored, before the loop resets it
+        if rng is None or loop._data_fetcher is None:
+            return
+        if progress.current.processed > 0 and not progress.is_last_batch:
+            # mid-epoch. configure_optimizers asks for trainer.estimated_stepping_batches, which builds
+            # the training DataLoader before Lightning restores the checkpoint, so the saved position is
+            # never applied (the epoch would start over): apply it now and restart the iterator
+            if loop._combined_loader_states_to_load and loop._combined_loader is not None:
+                loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
+                loop._combined_loader_states_to_load = []
             iter(loop._data_fetcher)
-        # restored last, right before the first resumed batch: nothing above draws random numbers after it
-        if self._rng_to_restore is not None:
-            _set_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
+            _set_rng_states(rng)
+        else:
+            # at an epoch end: the next epoch's order is drawn from the RNG when its iterator starts,
+            # so restore the RNG first, then start the iterator, as the uninterrupted run did
+            _set_rng_states(rng)
+            iter(loop._data_fetcher)
 
 
 def rewind_prefetched_batch(checkpoint: dict[str, Any], batch_size: int | None) -> None:

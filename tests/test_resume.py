@@ -101,8 +101,15 @@ def assert_same_training(a: dict, b: dict) -> None:
     assert score[0] == score[1]
 
 
-@pytest.mark.parametrize("stage", ["finetune", "distill"])
-def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage, tmp_path):
+@pytest.mark.parametrize(
+    "stage,kill_at",
+    [
+        ("finetune", random.Random(5).randint(4, 14)),  # a random step (13: mid second epoch)
+        ("finetune", 10),  # right after the epoch-end checkpoint: the next epoch's order must match too
+        ("distill", random.Random(1).randint(4, 14)),  # 6: mid first epoch
+    ],
+)
+def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage, kill_at, tmp_path):
     extra = []
     if stage == "distill":
         teacher = run_cli(
@@ -118,7 +125,6 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage,
     whole = run_cli("fit", *args(stage, tmp_path, "whole", *extra), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    kill_at = random.Random(stage).randint(4, 14)  # mid-epoch or across the epoch boundary
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     process = start(*args(stage, tmp_path, "killed", *extra), cwd=tmp_path)
     wait_for_step(process, last, kill_at)
