@@ -197,8 +197,11 @@ class ShrinkCLI(LightningCLI):
             return  # Lightning reports a missing "last" itself (it starts from scratch with a warning)
         check_checkpoint(ckpt_path)
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-        done = progress.get("current", {}).get("completed", checkpoint.get("epoch", 0))
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        epochs = loop.get("epoch_progress", {}).get("current", {})
+        done = epochs.get("completed", checkpoint.get("epoch", 0))
+        if loop.get("epoch_loop.batch_progress", {}).get("is_last_batch"):  # saved at an epoch's end
+            done = max(done, epochs.get("processed", done))
         max_epochs = config.trainer.get("max_epochs")
         if max_epochs is not None and max_epochs != -1 and max_epochs <= done:
             raise InputError(
