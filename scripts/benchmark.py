@@ -207,17 +207,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     metric = "accuracy" if "accuracy" in rows[0] else "f1"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    names = list(dict.fromkeys(row["model"] for row in rows))
+    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
     for row in rows:
         marker = "o" if row["runtime"] == "pytorch" else "s"
-        ax.scatter(row["latency_ms_p50"], row[metric], s=20 + 2 * row["size_mb"], marker=marker, alpha=0.6)
-        ax.annotate(
-            f"{row['model']}\n({row['runtime']}, {row['size_mb']:.0f} MB)",
-            (row["latency_ms_p50"], row[metric]),
-            fontsize=7,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
+        ax.scatter(row["latency_ms_p50"], row[metric], s=20 + 2 * row["size_mb"], marker=marker,
+                   color=colors[row["model"]], alpha=0.6, edgecolors="black", linewidths=0.5)  # fmt: skip
+    for name in names:  # one legend entry per model: its colour, and its sizes on disk
+        sizes = sorted({f"{r['size_mb']:.0f}" for r in rows if r["model"] == name})
+        ax.scatter([], [], color=colors[name], label=f"{name} ({'/'.join(sizes)} MB)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
