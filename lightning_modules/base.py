@@ -308,6 +308,17 @@ class ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["hf_config"] = self.hf_config()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of another model shape gets one line naming the first mismatch."""
+        own = self.state_dict()
+        for key, value in checkpoint.get("state_dict", {}).items():
+            mine = own.get(key)
+            if isinstance(mine, torch.Tensor) and type(mine) is torch.Tensor and mine.shape != value.shape:
+                raise InputError(
+                    f"the checkpoint's {key} has shape {list(value.shape)} but this model's is "
+                    f"{list(mine.shape)}: use the checkpoint with the model config it was trained with"
+                )
+
     def save_pretrained(self, folder: str | Path, tokenizer: Any = None) -> None:
         """Write the classifier (and tokenizer) as a Hugging Face folder, loadable without this project."""
         self.model.save_pretrained(folder)

@@ -112,7 +112,7 @@ class QATModule(DistillationModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """``--ckpt_path int8.ckpt``: take the int8 structure before Lightning loads the weights."""
         if "quantization" not in checkpoint:
-            return
+            return super().on_load_checkpoint(checkpoint)
         if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
             raise InputError(
                 "--ckpt_path names an int8 checkpoint: QAT resumes from its fake-quantized last.ckpt; "

@@ -191,6 +191,11 @@ def test_bad_resumes_get_one_line(tmp_path):
     truncated.write_bytes(last.read_bytes()[:1000])
     before = last.stat().st_mtime_ns
     finetune = args("finetune", tmp_path, "run")
+    # a checkpoint whose hyper-parameters say hidden size 64 but whose weights are 128 wide
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["model_config"]["hidden_size"] = 64
+    shrunk = tmp_path / "shrunk.ckpt"
+    torch.save(checkpoint, shrunk)
     cases = {
         "corrupt or truncated": [*finetune, "--ckpt_path", str(truncated)],
         "leaves nothing to do": [*finetune, "--ckpt_path", "last", "--trainer.max_epochs", "1"],
@@ -202,6 +207,13 @@ def test_bad_resumes_get_one_line(tmp_path):
             str(last),
         ],  # fmt: skip
         "CUDA": [*finetune, "--trainer.accelerator", "gpu", "--trainer.devices", "2"],
+        "has shape [1000, 128] but this model's is [1000, 64]": [
+            *finetune,
+            "--ckpt_path",
+            str(shrunk),
+            "--model.init_args.model_config.hidden_size",
+            "64",
+        ],  # fmt: skip
     }
     for expected, cli_args in cases.items():
         result = run_cli("fit", *cli_args, cwd=tmp_path)
