@@ -27,25 +27,22 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
 from lightning_modules.base import ClassificationModule
-from lightning_modules.quantize import import_torchao
 from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
 
 
 def best_checkpoint_in(dirpath: str | Path) -> str:
     """The best checkpoint recorded by ModelCheckpoint in the newest ``last*.ckpt`` of ``dirpath``
     (a rerun into a folder that holds an old ``last.ckpt`` writes ``last-v1.ckpt``)."""
-    lasts = sorted(Path(dirpath).glob("last*.ckpt"), key=os.path.getmtime)
-    if not lasts:
+    last = last_checkpoint_in(dirpath)
+    if last is None:
         raise InputError(
             f"--ckpt_path best: no last.ckpt in {dirpath} to read the best checkpoint from; "
             "run fit first or pass a checkpoint file"
         )
-    states = torch.load(lasts[-1], map_location="cpu", weights_only=True).get("callbacks", {})
+    states = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
     best = next((s["best_model_path"] for s in states.values() if s.get("best_model_path")), None)
     if best is None or not os.path.isfile(best):
-        raise InputError(
-            f"--ckpt_path best: {lasts[-1]} names no existing best checkpoint ({best}); pass a file"
-        )
+        raise InputError(f"--ckpt_path best: {last} names no existing best checkpoint ({best}); pass a file")
     return best
 
 
@@ -59,8 +56,7 @@ def int8_checkpoint(path: str | None) -> dict | None:
     """The checkpoint at ``path`` when it holds an int8 model (``quantization`` key), else None."""
     if not path or not str(path).endswith(".ckpt") or not os.path.isfile(path):
         return None
-    import_torchao()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no full read
+    checkpoint = check_checkpoint(path)
     return checkpoint if "quantization" in checkpoint else None
 
 
@@ -124,18 +120,20 @@ class ShrinkCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads the model's hyper-parameters from ``--ckpt_path``; first refuse a corrupt
-        file, and a checkpoint of another stage when resuming ``fit``, with one line each."""
+        file, and, when resuming ``fit``, an int8 checkpoint or one of another stage, with one line each."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         ckpt_path = config.get("ckpt_path") if config else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
-            check_checkpoint(ckpt_path)
+            checkpoint = check_checkpoint(ckpt_path)
             if subcommand == "fit":
-                import_torchao()
-                hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(
-                    "hyper_parameters", {}
-                )
-                found, wanted = hparams.get("_class_path"), config.model.class_path
+                if "quantization" in checkpoint:
+                    raise InputError(
+                        f"--ckpt_path {ckpt_path} is an int8 checkpoint, which cannot be trained: resume "
+                        "from the run's last.ckpt, or start QAT from the fp32 checkpoint"
+                    )
+                found = checkpoint.get("hyper_parameters", {}).get("_class_path")
+                wanted = config.model.class_path
                 if found and found != wanted:
                     raise InputError(
                         f"--ckpt_path {ckpt_path} is a {found.rpartition('.')[2]} checkpoint but the config "
@@ -195,8 +193,7 @@ class ShrinkCLI(LightningCLI):
             ckpt_path = max((p for p in found if p), key=os.path.getmtime, default=None)
         if not ckpt_path or not os.path.isfile(ckpt_path):
             return  # Lightning reports a missing "last" itself (it starts from scratch with a warning)
-        check_checkpoint(ckpt_path)
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = check_checkpoint(ckpt_path)
         loop = checkpoint.get("loops", {}).get("fit_loop", {})
         epochs = loop.get("epoch_progress", {}).get("current", {})
         done = epochs.get("completed", checkpoint.get("epoch", 0))
@@ -257,14 +254,6 @@ class ShrinkCLI(LightningCLI):
             self.config_init[self.subcommand]["ckpt_path"] = None
 
     before_validate = before_test = before_predict = _restore_best_path
-
-    def before_fit(self) -> None:
-        ckpt_path = self.config_init["fit"].get("ckpt_path")
-        if int8_checkpoint(ckpt_path) is not None:
-            raise InputError(
-                f"--ckpt_path {ckpt_path} is an int8 checkpoint, which cannot be trained: resume from "
-                "the run's last.ckpt, or start QAT from the fp32 checkpoint"
-            )
 
     def _write_metrics(self, name: str | None = None) -> None:
         """``{stage}_metrics.json`` in the run folder, for scripts (the demo, benchmarks) to read."""

@@ -18,6 +18,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from datamodules.errors import InputError
+from lightning_modules.quantize import import_torchao
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -44,12 +45,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
 
-def check_checkpoint(path: str) -> None:
-    """One clear line for a checkpoint that is missing, truncated or not a checkpoint at all."""
+def check_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint at ``path``, memory-mapped (its tensors are read only when used), or one clear
+    line for a file that is missing, truncated or not a checkpoint at all."""
     if not os.path.isfile(path):
         raise InputError(f"checkpoint {path} does not exist: fix --ckpt_path (or use 'last' / 'best')")
+    import_torchao()  # int8 checkpoints hold torchao tensors
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise InputError(
