@@ -1,4 +1,4 @@
-from datamodules.base import datamodule_from_config
+from datamodules.base import datamodule_from_config, parse_overrides
 from datamodules.errors import InputError
 from datamodules.sequence import SequenceClassificationDataModule
 from datamodules.token import TokenClassificationDataModule
@@ -6,6 +6,7 @@ from datamodules.token import TokenClassificationDataModule
 __all__ = [
     "InputError",
     "datamodule_from_config",
+    "parse_overrides",
     "SequenceClassificationDataModule",
     "TokenClassificationDataModule",
 ]

@@ -408,3 +408,16 @@ def datamodule_from_config(
     module_name, _, class_name = section["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(**{**(section.get("init_args") or {}), **(overrides or {})})
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs of the export and benchmark scripts, values read as YAML."""
+    import yaml
+
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--set {pair!r} is not KEY=VALUE: e.g. --set max_eval_samples=200")
+        result[key] = yaml.safe_load(value)
+    return result

@@ -16,6 +16,7 @@ from datamodules.errors import InputError
 from datamodules.token import word_start_mask
 from lightning_modules.metrics import EntityF1
 from lightning_modules.quantize import import_torchao, load_int8_state
+from lightning_modules.resume import check_checkpoint
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -77,6 +78,24 @@ def _auto_class(task: str):
     if task not in ("sequence", "token"):
         raise InputError(f"task must be 'sequence' or 'token', got {task!r}")
     return AutoModelForSequenceClassification if task == "sequence" else AutoModelForTokenClassification
+
+
+def read_checkpoint(path: str, role: str = "--model") -> dict[str, Any]:
+    """One of this project's ``.ckpt`` files, memory-mapped, checked to record the model config and
+    task that export and benchmark scripts need; one line for anything else."""
+    if not str(path).endswith(".ckpt"):
+        raise InputError(
+            f"{role} {path} is not a .ckpt of this project: give one (it records task, labels, tokenizer)"
+        )
+    if not Path(path).is_file():
+        raise InputError(f"{role} {path} does not exist: fix the path")
+    checkpoint = check_checkpoint(path)
+    if "hf_config" not in checkpoint or "task" not in checkpoint.get("hyper_parameters", {}):
+        raise InputError(
+            f"{role} {path} is a checkpoint of unknown type (no model config or task): "
+            "use checkpoints written by `shrink fit` or scripts/export.py ptq"
+        )
+    return checkpoint
 
 
 def load_classifier(

@@ -129,12 +129,13 @@ def is_quantized(model: torch.nn.Module) -> bool:
     for module in model.modules():
         if isinstance(module, (FakeQuantizedLinear, FakeQuantizedEmbedding)):
             return True
-        if _is_int8_weight(getattr(module, "weight", None)):
+        if is_int8_weight(getattr(module, "weight", None)):
             return True
     return False
 
 
-def _is_int8_weight(weight: Any) -> bool:
+def is_int8_weight(weight: Any) -> bool:
+    """True for a torchao int8 tensor (a subclass of torch.Tensor)."""
     return isinstance(weight, torch.Tensor) and type(weight.data) is not torch.Tensor  # a torchao subclass
 
 
@@ -145,7 +146,7 @@ def dequantized(model: torch.nn.Module) -> torch.nn.Module:
 
     fp32 = copy.deepcopy(model)
     for module in fp32.modules():
-        if _is_int8_weight(getattr(module, "weight", None)):
+        if is_int8_weight(getattr(module, "weight", None)):
             module.weight = torch.nn.Parameter(module.weight.dequantize().float(), requires_grad=False)
     return fp32
 

@@ -28,8 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from datamodules import InputError, datamodule_from_config  # noqa: E402
-from lightning_modules.base import computed_metrics, load_classifier, task_metrics, update_task_metrics  # noqa: E402
+from datamodules import InputError, datamodule_from_config, parse_overrides  # noqa: E402
+from lightning_modules.base import (  # noqa: E402
+    computed_metrics,
+    load_classifier,
+    read_checkpoint,
+    task_metrics,
+    update_task_metrics,
+)
 from lightning_modules.export import OnnxClassifier, export_onnx, input_names, pytorch_logits  # noqa: E402
 from lightning_modules.quantize import import_torchao, weights_bytes  # noqa: E402
 
@@ -37,20 +43,30 @@ SPLIT_STAGE = {"validation": "validate", "test": "test"}
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def parse_models(specs: list[str]) -> list[tuple[str, str]]:
-    """``NAME=PATH`` pairs; every path is checked before any work starts."""
+def parse_models(specs: list[str]) -> list[tuple[str, str, dict]]:
+    """``NAME=PATH`` pairs, each with its task, tokenizer and int8 flag; every path is checked
+    before any work starts."""
     models = []
     for spec in specs:
         name, sep, path = spec.rpartition("=")
-        name = name if sep else Path(path).stem
-        if not path.endswith(".ckpt"):
-            raise InputError(f"--model {spec}: give a .ckpt of this project (fp32 or int8), NAME=PATH")
-        if not Path(path).is_file():
-            raise InputError(f"--model {spec}: {path} does not exist: fix the path")
-        models.append((name, path))
+        checkpoint = read_checkpoint(path, role=f"--model {spec}:")
+        tokenizer = checkpoint["hf_config"].get("shrink_tokenizer")
+        if tokenizer is None:
+            raise InputError(
+                f"--model {spec}: {path} records no tokenizer: benchmark checkpoints of `shrink fit`"
+            )
+        info = {"task": checkpoint["hyper_parameters"]["task"], "tokenizer": tokenizer}
+        models.append(
+            (name if sep else Path(path).stem, path, {**info, "int8": "quantization" in checkpoint})
+        )
     if not models:
         raise InputError("no --model given: pass NAME=PATH.ckpt at least once")
     return models
+
+
+def metric_key(rows: list[dict]) -> str:
+    """The task metric the rows carry: accuracy (sequences) or entity F1 (tokens)."""
+    return "accuracy" if "accuracy" in rows[0] else "f1"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -113,16 +129,8 @@ def benchmark(args) -> list[dict]:
         **({"max_eval_samples": args.max_eval_samples} if args.max_eval_samples else {}),
     }
     rows, data_by_tokenizer = [], {}
-    for name, path in models:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        task = checkpoint.get("hyper_parameters", {}).get("task")
-        tokenizer = checkpoint.get("hf_config", {}).get("shrink_tokenizer")
-        if task is None or tokenizer is None:
-            raise InputError(
-                f"--model {path} records no task or tokenizer: benchmark checkpoints of `shrink fit`"
-            )
-        int8 = "quantization" in checkpoint
-        del checkpoint
+    for name, path, info in models:
+        task, tokenizer, int8 = info["task"], info["tokenizer"], info["int8"]
         model = load_classifier(path, task, int8_ok=True).eval()
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if tokenizer not in data_by_tokenizer:
@@ -135,7 +143,7 @@ def benchmark(args) -> list[dict]:
         runtimes = [("pytorch", pytorch_logits(model, input_names(model)), weights_bytes(model))]
         if args.onnx:
             onnx_path = Path(args.out) / "onnx" / f"{name.replace(' ', '_')}.onnx"
-            export_onnx(model, onnx_path, int8=int8)
+            export_onnx(model, onnx_path)
             runtimes.append(
                 ("onnxruntime", OnnxClassifier(onnx_path, args.threads), onnx_path.stat().st_size)
             )
@@ -153,7 +161,7 @@ def benchmark(args) -> list[dict]:
                 }
             )
     reference = rows[0]
-    metric = "accuracy" if "accuracy" in reference else "f1"
+    metric = metric_key(rows)
     for row in rows:
         row["retention"] = round(row[metric] / reference[metric], 4) if reference[metric] else float("nan")
         row["speedup_b1"] = round(reference["latency_ms_p50"] / row["latency_ms_p50"], 2)
@@ -162,7 +170,7 @@ def benchmark(args) -> list[dict]:
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    metric = "accuracy" if "accuracy" in rows[0] else "f1"
+    metric = metric_key(rows)
     header = [
         "model",
         "runtime",
@@ -206,7 +214,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = "accuracy" if "accuracy" in rows[0] else "f1"
+    metric = metric_key(rows)
     fig, ax = plt.subplots(figsize=(10, 4.8))
     names = list(dict.fromkeys(row["model"] for row in rows))
     colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
@@ -257,12 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     try:
-        import yaml
-
-        pairs = [s.partition("=") for s in args.set]
-        if any(not sep for _, sep, _ in pairs):
-            raise InputError(f"--set takes KEY=VALUE, got {args.set}")
-        args.set = {k: yaml.safe_load(v) for k, _, v in pairs}
+        args.set = parse_overrides(args.set)
         rows = benchmark(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

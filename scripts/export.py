@@ -24,43 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
 
-from datamodules import InputError, datamodule_from_config  # noqa: E402
-from lightning_modules.base import load_classifier  # noqa: E402
+from datamodules import InputError, datamodule_from_config, parse_overrides  # noqa: E402
+from lightning_modules.base import load_classifier, read_checkpoint  # noqa: E402
 from lightning_modules.export import OnnxClassifier, export_onnx, input_names, parity, pytorch_logits  # noqa: E402
 from lightning_modules.qat import QATModule  # noqa: E402
-from lightning_modules.quantize import SCHEME, convert_to_int8, import_torchao, save_int8_checkpoint  # noqa: E402
-
-
-def read_checkpoint(path: str) -> dict:
-    """The hyper-parameters and quantization record of one of our checkpoints (memory-mapped)."""
-    if not path.endswith(".ckpt"):
-        raise InputError(
-            f"--model {path} is not a .ckpt of this project: export needs one (task, labels, tokenizer)"
-        )
-    if not Path(path).is_file():
-        raise InputError(f"--model {path} does not exist: fix the path")
-    import_torchao()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if "hf_config" not in checkpoint or "task" not in checkpoint.get("hyper_parameters", {}):
-        raise InputError(
-            f"--model {path} is a checkpoint of unknown type (no model config or task): "
-            "export checkpoints written by `shrink fit` or scripts/export.py ptq"
-        )
-    return checkpoint
-
-
-def overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    result = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise InputError(f"--set {pair!r} is not KEY=VALUE: e.g. --set max_eval_samples=200")
-        result[key] = yaml.safe_load(value)
-    return result
+from lightning_modules.quantize import SCHEME, convert_to_int8, save_int8_checkpoint  # noqa: E402
 
 
 def onnx_command(args: argparse.Namespace) -> None:
@@ -69,17 +38,18 @@ def onnx_command(args: argparse.Namespace) -> None:
     quantization = checkpoint.get("quantization")
     int8 = args.int8 or quantization is not None
     model = load_classifier(args.model, task, int8_ok=True)
+    if int8 and quantization is None:  # PTQ first: the parity check then compares int8 with int8
+        convert_to_int8(model)
     tokenizer = checkpoint["hf_config"].get("shrink_tokenizer")
     data = datamodule_from_config(
-        args.data, {"tokenizer": tokenizer, **overrides(args.set)} if tokenizer else overrides(args.set)
+        args.data, {**({"tokenizer": tokenizer} if tokenizer else {}), **parse_overrides(args.set)}
     )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists: pass --overwrite or another --out")
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         candidate = Path(tmp) / out.name
-        scheme = quantization or {"embeddings": True, "head": False}
-        export_onnx(model, candidate, int8=int8, embeddings=scheme["embeddings"], head=scheme["head"])
+        export_onnx(model, candidate)
         data.setup("validate")
         report = parity(
             pytorch_logits(model.eval(), input_names(model)),
@@ -137,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     onnx.add_argument("--set", action="append", default=[], help="data init arg override KEY=VALUE")
     onnx.add_argument(
-        "--int8", action="store_true", help="int8 ONNX from an fp32 checkpoint (ONNX Runtime PTQ)"
+        "--int8",
+        action="store_true",
+        help="int8 ONNX from an fp32 checkpoint (PTQ, the scheme of the ptq command)",
     )
     onnx.add_argument("--min-agreement", type=float, default=0.995, help="fail below this label agreement")
     onnx.add_argument("--threads", type=int, default=1)

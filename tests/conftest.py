@@ -13,16 +13,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+# offline W&B and hub in every child process; warnings off so stderr holds only our messages
+ENV = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+
+
+def run_script(name: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python scripts/<name> args...`` in a subprocess, output captured."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        [sys.executable, str(ROOT / "scripts" / name), *args],
         cwd=cwd,
-        env=env,
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The ``shrink`` command (scripts/train.py) in a subprocess."""
+    return run_script("train.py", *args, cwd=cwd, timeout=timeout)
 
 
 def tiny_args(task: str, tmp: Path, *extra: str) -> list[str]:

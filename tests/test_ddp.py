@@ -7,23 +7,28 @@ from tests.conftest import ROOT, run_cli
 
 
 def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
-    args = [
-        "--config",
-        str(ROOT / "configs" / "demo" / "sequence_finetune.yaml"),
-        "--out_dir",
-        str(tmp_path / "teacher"),
-        "--data.init_args.cache_dir",
-        str(tmp_path / "cache"),
+    small = [  # 128 rows, 1 epoch, shared tokenized-data cache
         "--trainer.max_epochs",
         "1",
         "--data.init_args.max_train_samples",
         "128",
         "--data.init_args.max_eval_samples",
         "64",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
         "--trainer.enable_progress_bar",
         "false",
     ]
-    teacher = run_cli("fit", *args, cwd=tmp_path, timeout=300)
+    teacher = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "demo" / "sequence_finetune.yaml"),
+        "--out_dir",
+        str(tmp_path / "teacher"),
+        *small,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     args = [
         "--config",
@@ -36,20 +41,11 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
         "2",
         "--trainer.accelerator",
         "cpu",
-        "--trainer.max_epochs",
-        "1",
-        "--data.init_args.max_train_samples",
-        "128",
-        "--data.init_args.max_eval_samples",
-        "64",
         "--out_dir",
         str(tmp_path / "student"),
         "--model.init_args.cache_dir",
         str(tmp_path / "cache"),
-        "--data.init_args.cache_dir",
-        str(tmp_path / "cache"),
-        "--trainer.enable_progress_bar",
-        "false",
+        *small,
     ]
     result = run_cli("fit", *args, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

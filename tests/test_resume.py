@@ -3,7 +3,6 @@ as an uninterrupted run (mid-epoch included); SIGTERM / SIGUSR1 write a checkpoi
 requeue; a kill during a checkpoint write leaves the previous one loadable; the W&B run continues;
 bad resumes get one line. Every run is a real CLI subprocess."""
 
-import os
 import random
 import signal
 import subprocess
@@ -16,9 +15,7 @@ import torch
 import yaml
 
 from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
-from tests.conftest import ROOT, run_cli
-
-ENV = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+from tests.conftest import ENV, ROOT, run_cli
 
 
 def config(stage: str, tmp: Path) -> str:
