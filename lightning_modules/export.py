@@ -53,7 +53,7 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.names, inputs, strict=True))).logits
 
 
-def _onnx_scope(module_name: str) -> str:
+def onnx_scope(module_name: str) -> str:
     """``bert.encoder.layer.0.output.dense`` -> ``/model/bert/encoder/layer.0/output/dense/``: how the
     TorchScript exporter names the nodes a module emits (list indices stay joined by a dot)."""
     parts: list[str] = []
@@ -161,7 +161,7 @@ def int8_graph(graph: Any, model: torch.nn.Module) -> None:
         return tokens[x]
 
     int8_modules = {
-        _onnx_scope(name): module
+        onnx_scope(name): module
         for name, module in model.named_modules()
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) and is_int8_weight(module.weight)
     }
@@ -185,9 +185,11 @@ def int8_graph(graph: Any, model: torch.nn.Module) -> None:
                 f"{p}/rows",
                 to=TensorProto.FLOAT,
             )
-            shift = node("Gather", [constant(f"{p}/zero", w_zero[:, None]), ids], f"{p}/row_zero")
+            if w_zero.any():  # asymmetric tables only (torchao's default is symmetric: all zero)
+                zeros = node("Gather", [constant(f"{p}/zero", w_zero[:, None]), ids], f"{p}/row_zero")
+                rows = node("Sub", [rows, zeros], f"{p}/centred")
             scale = node("Gather", [constant(f"{p}/scale", w_scale[:, None]), ids], f"{p}/row_scale")
-            node("Mul", [node("Sub", [rows, shift], f"{p}/centred"), scale], out)
+            node("Mul", [rows, scale], out)
             continue
         assert not w_zero.any(), "int8 Linear weights are symmetric"
         x = old.input[0]
