@@ -257,8 +257,11 @@ class DistillationModule(ClassificationModule):
     @torch.no_grad()
     def _build_cache(self, datamodule) -> dict[str, torch.Tensor]:
         data = datamodule.encoded_split(datamodule.splits["fit"])
+        # shortest rows first: batches of similar lengths carry little padding (rows go back by index)
+        ids = data["teacher_input_ids" if "teacher_input_ids" in data.column_names else "input_ids"]
+        order = sorted(range(len(data)), key=lambda i: len(ids[i]))
         loader = torch.utils.data.DataLoader(
-            data, batch_size=datamodule.eval_batch_size, collate_fn=datamodule.collate
+            data, batch_size=datamodule.eval_batch_size, sampler=order, collate_fn=datamodule.collate
         )
         word_column = "teacher_word_ids" if "teacher_word_ids" in data.column_names else "word_ids"
         n_words = max(max(ids) + 1 for ids in data[word_column])
@@ -266,12 +269,15 @@ class DistillationModule(ClassificationModule):
         shape = (len(data), n_classes) if self.task == "sequence" else (len(data), n_words, n_classes)
         logits, present = torch.zeros(shape), torch.zeros(shape[:-1], dtype=torch.bool)
         precision = self.trainer.precision_plugin
-        for batch in loader:
+        report_every = max(1, len(loader) // 10)
+        for step, batch in enumerate(loader, 1):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with precision.forward_context():
                 values, mask = self._teacher_logits(batch, n_words)
             logits[batch["idx"].cpu()] = values.float().cpu()
             present[batch["idx"].cpu()] = mask.cpu()
+            if step % report_every == 0:
+                log.warning("teacher cache: %d of %d batches", step, len(loader))
         return {"logits": logits, "present": present}
 
     # --- losses --------------------------------------------------------------------------------
