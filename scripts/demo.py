@@ -53,8 +53,10 @@ def script(name: str, *args: str) -> None:
         sys.exit(f"demo step failed:\n{result.stderr[-4000:]}")
 
 
-def int8_score(config: str, run_dir: Path, int8: Path, metric: str) -> float:
-    shrink("test", "--config", config, "--out_dir", str(run_dir), "--ckpt_path", str(int8))
+def int8_score(config: str, run_dir: Path, int8: Path, metric: str, teacher: str) -> float:
+    # the teacher of this run, not the config's default path (outputs/ under the repository root)
+    shrink("test", "--config", config, "--out_dir", str(run_dir), "--ckpt_path", str(int8),
+           "--model.init_args.teacher", teacher)  # fmt: skip
     return json.loads((run_dir / "test_metrics.json").read_text())[metric]
 
 
@@ -73,7 +75,7 @@ def stage(config: str, run_dir: Path, metric: str, *overrides: str) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", default="outputs/demo", help="where runs, checkpoints and metrics go")
-    out = Path(parser.parse_args().out_dir)
+    out = Path(parser.parse_args().out_dir).resolve()  # the steps run from the repository root
     rows = []
     for task, metric in TASKS.items():
         teacher_dir = out / f"{task}_finetune"
@@ -113,12 +115,12 @@ def main() -> None:
         start = time.perf_counter()
         shrink("fit", "--config", qat_config, "--out_dir", str(qat_dir),
                "--model.init_args.model_name_or_path", student, "--model.init_args.teacher", teacher)  # fmt: skip
-        score = int8_score(qat_config, qat_dir, qat_dir / "int8.ckpt", metric)
+        score = int8_score(qat_config, qat_dir, qat_dir / "int8.ckpt", metric, teacher)
         rows.append((task, "student, QAT int8", score, time.perf_counter() - start, rows[-2][4]))
         ptq = out / f"{task}_ptq" / "int8.ckpt"
         start = time.perf_counter()
         script("export.py", "ptq", "--model", student, "--out", str(ptq), "--overwrite")
-        score = int8_score(qat_config, out / f"{task}_ptq", ptq, metric)
+        score = int8_score(qat_config, out / f"{task}_ptq", ptq, metric, teacher)
         rows.append((task, "student, PTQ int8", score, time.perf_counter() - start, rows[-3][4]))
         models = {"teacher fp32": teacher, "student fp32": student, "student PTQ int8": ptq,
                   "student QAT int8": qat_dir / "int8.ckpt"}  # fmt: skip
