@@ -18,6 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules import demo
 from datamodules.errors import InputError
+from datamodules.sampler import LengthGroupedSampler
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # bump when the encoding changes, so old caches are not reused
@@ -61,6 +62,7 @@ class ClassificationDataModule(L.LightningDataModule):
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
+        group_by_length: bool = False,
         num_workers: int = 0,
         validation_split: str = "validation",
         test_split: str = "test",
@@ -85,6 +87,8 @@ class ClassificationDataModule(L.LightningDataModule):
             max_length: truncate longer inputs (in sub-tokens, special tokens included).
             batch_size: training batch size per device.
             eval_batch_size: batch size for validate/test/predict (default: ``batch_size``).
+            group_by_length: draw training batches of similar length (as transformers' Trainer
+                ``group_by_length``): still random, much less padding, so faster steps on short texts.
             num_workers: DataLoader worker processes.
             validation_split / test_split / predict_split: which split each stage reads.
             max_train_samples / max_eval_samples: keep only the first N rows (quick runs).
@@ -101,6 +105,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self._label_names = list(label_names) if label_names else None
         self.max_length, self.batch_size = max_length, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        self.group_by_length = group_by_length
         self.num_workers = num_workers
         self.splits = {
             "fit": "train",
@@ -348,6 +353,12 @@ class ClassificationDataModule(L.LightningDataModule):
             # a StatefulDataLoader: Lightning saves its position in checkpoints, so a run resumed
             # mid-epoch sees exactly the batches it had not seen. It runs in the main process (the
             # data is tokenized already; padding a batch is cheap), which keeps that position exact.
+            if self.group_by_length:
+                lengths = [len(ids) for ids in data["input_ids"]]
+                sampler = LengthGroupedSampler(lengths, self.batch_size)
+                return StatefulDataLoader(
+                    data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate
+                )
             return StatefulDataLoader(
                 data, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate
             )

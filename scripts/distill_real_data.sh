@@ -8,6 +8,7 @@ set -euo pipefail
 MODELS=${1:?MODELS_DIR}; DATA=${2:?DATA_DIR}; FT=${3:-results/finetune}; OUT=${4:-results/distill}
 ROWS=${ROWS-4000}          # SST-2 training rows (same as the teacher's; empty = all)
 CONLL_ROWS=${CONLL_ROWS-5000}
+EPOCHS=${EPOCHS:-1}        # student epochs (plain and KD alike)
 VAL=${VAL-1.0}             # SST-2 validations per epoch (0.25: four, as the full-data fine-tune in finetune_real_data.sh)
 RUNS=${RUNS:-sst2-plain sst2-kd sst2-kd-again sst2-kd-nocache sst2-kd-3layer conll-plain conll-kd}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1
@@ -15,8 +16,8 @@ mkdir -p "$OUT"
 MINILM="$MODELS/all-MiniLM-L6-v2"; MPNET="$MODELS/all-mpnet-base-v2"
 best() { python -c "from lightning_modules.cli import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
 SST2=(--data.num_workers 1 --data.data_files "{train: $DATA/sst2/train.tsv, validation: $DATA/sst2/dev.tsv}"
-      ${ROWS:+--data.max_train_samples $ROWS} --trainer.max_epochs 1 --trainer.val_check_interval "$VAL")
-CONLL=(--data.num_workers 1 --data.tag_column 3 ${CONLL_ROWS:+--data.max_train_samples $CONLL_ROWS} --trainer.max_epochs 1
+      ${ROWS:+--data.max_train_samples $ROWS} --trainer.max_epochs "$EPOCHS" --trainer.val_check_interval "$VAL")
+CONLL=(--data.num_workers 1 --data.tag_column 3 ${CONLL_ROWS:+--data.max_train_samples $CONLL_ROWS} --trainer.max_epochs "$EPOCHS"
        --data.data_files "{train: $DATA/conll2003/train.txt, validation: $DATA/conll2003/valid.txt, test: $DATA/conll2003/test.txt}")
 
 run() {  # name, config, args...

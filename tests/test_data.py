@@ -1,11 +1,15 @@
 """Readers and DataModules on small files written by the tests."""
 
+import random
 from pathlib import Path
 
 import pytest
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules import InputError, SequenceClassificationDataModule, TokenClassificationDataModule
 from datamodules.readers import read_conll, read_table
+from datamodules.sampler import LengthGroupedSampler
 
 CONLL = """-DOCSTART- -X- -X- O
 
@@ -132,3 +136,41 @@ def test_token_module_keeps_word_ids_and_pads_batches(tmp_path):
         first = [w for i, w in enumerate(words.tolist()) if w >= 0 and (i == 0 or words[i - 1] != w)]
         assert labelled.sum() == len(first)  # one label per word
         assert (batch["labels"][row][batch["attention_mask"][row] == 0] == -100).all()
+
+
+def padded_tokens(order: list[int], lengths: list[int], batch_size: int) -> int:
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+
+
+def test_length_grouped_sampler_is_a_new_permutation_each_epoch_with_little_padding():
+    rng = random.Random(0)
+    lengths = [min(3 + int(rng.expovariate(1 / 12)), 128) for _ in range(3000)]  # short texts, long tail
+    sampler = LengthGroupedSampler(lengths, 32, torch.Generator().manual_seed(0))
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == sorted(second) == list(range(3000)) and first != second
+    assert max(lengths[i] for i in first[:32]) == max(lengths)  # longest batch first
+    shuffled = torch.randperm(3000, generator=torch.Generator().manual_seed(0)).tolist()
+    # fully sorted rows pad least (about sum(lengths)); grouping is close to that, a shuffle far from it
+    assert padded_tokens(first, lengths, 32) < 1.1 * padded_tokens(sorted(first, key=lengths.__getitem__), lengths, 32)
+    assert padded_tokens(shuffled, lengths, 32) > 1.8 * padded_tokens(first, lengths, 32)
+
+
+def test_length_grouped_loader_resumes_mid_epoch_with_the_same_batches():
+    lengths = [1 + i * 7 % 50 for i in range(500)]
+
+    def loader() -> StatefulDataLoader:
+        return StatefulDataLoader(
+            list(range(500)), batch_size=8, sampler=LengthGroupedSampler(lengths, 8, torch.Generator().manual_seed(1))
+        )
+
+    whole = loader()
+    epochs = [[b.tolist() for b in whole] for _ in range(3)]
+    stopped = loader()
+    list(stopped)  # epoch 0, so the generator has moved on: a fresh loader's order would differ
+    batches = iter(stopped)
+    seen = [next(batches).tolist() for _ in range(37)]  # mid epoch 1
+    resumed = loader()
+    resumed.load_state_dict(stopped.state_dict())
+    assert seen + [b.tolist() for b in resumed] == epochs[1]
+    assert [b.tolist() for b in resumed] == epochs[2]  # and the next epoch's order matches too

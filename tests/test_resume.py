@@ -99,15 +99,16 @@ def assert_same_training(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    "stage,kill_at",
+    "stage,kill_at,grouped",
     [
-        ("finetune", random.Random(5).randint(4, 14)),  # a random step (13: mid second epoch)
-        ("finetune", 10),  # right after the epoch-end checkpoint: the next epoch's order must match too
-        ("distill", random.Random(1).randint(4, 14)),  # 6: mid first epoch
+        ("finetune", random.Random(5).randint(4, 14), True),  # a random step (13: mid second epoch)
+        ("finetune", 10, False),  # right after the epoch-end checkpoint: the next epoch's order must match too
+        ("distill", random.Random(1).randint(4, 14), False),  # 6: mid first epoch
     ],
 )
-def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage, kill_at, tmp_path):
-    extra = []
+def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage, kill_at, grouped, tmp_path):
+    # grouped: length-grouped batches (data.group_by_length), whose order must resume exactly too
+    extra = ["--data.init_args.group_by_length", "true"] if grouped else []
     if stage == "distill":
         teacher = run_cli(
             "fit", *args("finetune", tmp_path, "teacher", "--trainer.max_epochs", "1"), cwd=tmp_path
