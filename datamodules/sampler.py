@@ -56,7 +56,9 @@ class _LengthGroupedIterator(Iterator[int]):
     def _start(self, generator_state: torch.Tensor, yielded: int) -> None:
         self.generator_state = generator_state
         self.sampler.generator.set_state(generator_state)
-        self.order = length_grouped_order(self.sampler.lengths, self.sampler.batch_size, self.sampler.generator)
+        self.order = length_grouped_order(
+            self.sampler.lengths, self.sampler.batch_size, self.sampler.generator
+        )
         self.yielded = yielded
 
     def __iter__(self) -> Iterator[int]:

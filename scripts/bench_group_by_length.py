@@ -74,13 +74,17 @@ def main() -> None:
     )
     if args.model:
         # the same number of random batches of each kind (the grouped epoch's first batch is its longest)
-        batches = {k: list(itertools.islice(iter(v), 1, 1 + args.steps * args.rounds)) for k, v in loaders.items()}
+        batches = {
+            k: list(itertools.islice(iter(v), 1, 1 + args.steps * args.rounds)) for k, v in loaders.items()
+        }
         times: dict[str, list[float]] = {k: [] for k in batches}
         for round_ in range(args.rounds):
             for kind, kind_batches in batches.items():
                 chunk = kind_batches[round_ * args.steps : (round_ + 1) * args.steps]
                 times[kind] += step_seconds(args.model, data, chunk, args.precision)[2:]  # 2 warm-up steps
-        means = {k: statistics.mean(v) for k, v in times.items()}  # an epoch's time is a sum: mean, not median
+        means = {
+            k: statistics.mean(v) for k, v in times.items()
+        }  # an epoch's time is a sum: mean, not median
         result["mean_step_seconds"] = {k: round(v, 3) for k, v in means.items()}
         result["step_time_shuffled_vs_grouped"] = round(means["shuffled"] / means["grouped"], 2)
         result["timed_steps_per_kind"] = len(times["grouped"])

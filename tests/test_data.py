@@ -152,7 +152,9 @@ def test_length_grouped_sampler_is_a_new_permutation_each_epoch_with_little_padd
     assert max(lengths[i] for i in first[:32]) == max(lengths)  # longest batch first
     shuffled = torch.randperm(3000, generator=torch.Generator().manual_seed(0)).tolist()
     # fully sorted rows pad least (about sum(lengths)); grouping is close to that, a shuffle far from it
-    assert padded_tokens(first, lengths, 32) < 1.1 * padded_tokens(sorted(first, key=lengths.__getitem__), lengths, 32)
+    assert padded_tokens(first, lengths, 32) < 1.1 * padded_tokens(
+        sorted(first, key=lengths.__getitem__), lengths, 32
+    )
     assert padded_tokens(shuffled, lengths, 32) > 1.8 * padded_tokens(first, lengths, 32)
 
 
@@ -161,7 +163,9 @@ def test_length_grouped_loader_resumes_mid_epoch_with_the_same_batches():
 
     def loader() -> StatefulDataLoader:
         return StatefulDataLoader(
-            list(range(500)), batch_size=8, sampler=LengthGroupedSampler(lengths, 8, torch.Generator().manual_seed(1))
+            list(range(500)),
+            batch_size=8,
+            sampler=LengthGroupedSampler(lengths, 8, torch.Generator().manual_seed(1)),
         )
 
     whole = loader()

@@ -102,7 +102,11 @@ def assert_same_training(a: dict, b: dict) -> None:
     "stage,kill_at,grouped",
     [
         ("finetune", random.Random(5).randint(4, 14), True),  # a random step (13: mid second epoch)
-        ("finetune", 10, False),  # right after the epoch-end checkpoint: the next epoch's order must match too
+        (
+            "finetune",
+            10,
+            False,
+        ),  # right after the epoch-end checkpoint: the next epoch's order must match too
         ("distill", random.Random(1).randint(4, 14), False),  # 6: mid first epoch
     ],
 )
