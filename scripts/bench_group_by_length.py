@@ -82,9 +82,8 @@ def main() -> None:
             for kind, kind_batches in batches.items():
                 chunk = kind_batches[round_ * args.steps : (round_ + 1) * args.steps]
                 times[kind] += step_seconds(args.model, data, chunk, args.precision)[2:]  # 2 warm-up steps
-        means = {
-            k: statistics.mean(v) for k, v in times.items()
-        }  # an epoch's time is a sum: mean, not median
+        # an epoch's time is a sum of step times: the mean, not the median
+        means = {k: statistics.mean(v) for k, v in times.items()}
         result["mean_step_seconds"] = {k: round(v, 3) for k, v in means.items()}
         result["step_time_shuffled_vs_grouped"] = round(means["shuffled"] / means["grouped"], 2)
         result["timed_steps_per_kind"] = len(times["grouped"])
