@@ -353,14 +353,15 @@ class ClassificationDataModule(L.LightningDataModule):
             # a StatefulDataLoader: Lightning saves its position in checkpoints, so a run resumed
             # mid-epoch sees exactly the batches it had not seen. It runs in the main process (the
             # data is tokenized already; padding a batch is cheap), which keeps that position exact.
+            sampler = None
             if self.group_by_length:
-                lengths = [len(ids) for ids in data["input_ids"]]
-                sampler = LengthGroupedSampler(lengths, self.batch_size)
-                return StatefulDataLoader(
-                    data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate
-                )
+                sampler = LengthGroupedSampler([len(ids) for ids in data["input_ids"]], self.batch_size)
             return StatefulDataLoader(
-                data, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate
+                data,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                shuffle=shuffle and sampler is None,
+                collate_fn=self.collate,
             )
         return DataLoader(
             data,

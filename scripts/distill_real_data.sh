@@ -11,6 +11,10 @@ CONLL_ROWS=${CONLL_ROWS-5000}
 EPOCHS=${EPOCHS:-1}        # student epochs (plain and KD alike)
 VAL=${VAL-1.0}             # SST-2 validations per epoch (0.25: four, as the full-data fine-tune in finetune_real_data.sh)
 RUNS=${RUNS:-sst2-plain sst2-kd sst2-kd-again sst2-kd-nocache sst2-kd-3layer conll-plain conll-kd}
+# variants: EXTRA is appended to every run's arguments and SUFFIX to its name, e.g.
+#   RUNS=conll-kd SUFFIX=-hidden EXTRA="--model.hidden_weight 1.0" or SUFFIX=-seed1 EXTRA="--seed_everything 1"
+read -ra EXTRA <<< "${EXTRA:-}"
+SUFFIX=${SUFFIX:-}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 MINILM="$MODELS/all-MiniLM-L6-v2"; MPNET="$MODELS/all-mpnet-base-v2"
@@ -23,12 +27,13 @@ CONLL=(--data.num_workers 1 --data.tag_column 3 ${CONLL_ROWS:+--data.max_train_s
 run() {  # name, config, args...
   local name=$1 config=$2; shift 2
   [[ " $RUNS " == *" $name "* ]] || return 0
-  local dir="$OUT/$name" start end
+  set -- "$@" ${EXTRA[@]+"${EXTRA[@]}"}
+  local dir="$OUT/$name$SUFFIX" start end
   start=$(date +%s.%N)
   shrink fit --config "$config" "$@" --out_dir "$dir" > "$dir.fit.log" 2>&1
   end=$(date +%s.%N)
   shrink test --config "$config" "$@" --out_dir "$dir" --ckpt_path best > "$dir.test.log" 2>&1
-  python - "$dir" "$name" "$start" "$end" <<'PY'
+  python - "$dir" "$name$SUFFIX" "$start" "$end" <<'PY'
 import json, sys
 d, name, start, end = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 m = json.load(open(f"{d}/test_metrics.json"))

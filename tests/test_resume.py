@@ -118,7 +118,7 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage,
             "fit", *args("finetune", tmp_path, "teacher", "--trainer.max_epochs", "1"), cwd=tmp_path
         )
         assert teacher.returncode == 0, teacher.stderr[-3000:]
-        extra = [
+        extra += [
             "--model.init_args.teacher",
             str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
             "--model.init_args.cache_dir",
