@@ -28,12 +28,13 @@ run() {  # name, config, args...
   local name=$1 config=$2; shift 2
   [[ " $RUNS " == *" $name "* ]] || return 0
   set -- "$@" ${EXTRA[@]+"${EXTRA[@]}"}
-  local dir="$OUT/$name$SUFFIX" start end
+  local id="$name$SUFFIX"
+  local dir="$OUT/$id" start end
   start=$(date +%s.%N)
   shrink fit --config "$config" "$@" --out_dir "$dir" > "$dir.fit.log" 2>&1
   end=$(date +%s.%N)
   shrink test --config "$config" "$@" --out_dir "$dir" --ckpt_path best > "$dir.test.log" 2>&1
-  python - "$dir" "$name$SUFFIX" "$start" "$end" <<'PY'
+  python - "$dir" "$id" "$start" "$end" <<'PY'
 import json, sys
 d, name, start, end = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 m = json.load(open(f"{d}/test_metrics.json"))
