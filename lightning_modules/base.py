@@ -209,6 +209,8 @@ def build_classifier(
 class ClassificationModule(L.LightningModule):
     """Shared base. Subclasses build ``self.model`` (a Hugging Face classifier) and a ``training_step``."""
 
+    flops_per_batch = None  # ThroughputMonitor asks for it; FLOPs of variable-length batches are not counted
+
     def __init__(
         self,
         task: str = "sequence",

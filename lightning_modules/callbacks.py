@@ -4,56 +4,43 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ThroughputMonitor
 
 
-class ThroughputLogger(L.Callback):
-    """Logs ``train/samples_per_sec``, ``train/tokens_per_sec`` (non-padding tokens),
-    ``train/step_time`` (seconds per optimizer-less batch, data loading included) and, on GPU,
-    ``train/peak_memory_gb``, averaged over ``window`` batches and summed over DDP ranks."""
+def samples_in(batch: dict[str, torch.Tensor]) -> int:
+    """Sentences in a batch (ThroughputMonitor's ``batch_size_fn``)."""
+    return batch["input_ids"].shape[0]
+
+
+def tokens_in(batch: dict[str, torch.Tensor]) -> int:
+    """Non-padding tokens in a batch (ThroughputMonitor's ``length_fn``: "items" are tokens)."""
+    return int(batch["attention_mask"].sum())
+
+
+class ThroughputLogger(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor`` for our batches: logs ``train/device/samples_per_sec``,
+    ``train/device/items_per_sec`` (non-padding tokens) and ``train/device/batches_per_sec`` over a
+    sliding window of ``window`` batches, at the trainer's ``log_every_n_steps`` (with DDP also the
+    world totals without ``device/``), and on GPU ``train/peak_memory_gb``. Its state restarts at
+    every ``fit`` start, so a run resumed mid-epoch measures from its first new batch."""
 
     def __init__(self, window: int = 10) -> None:
-        self.window = window
-        self._reset(None)
+        """
+        Args:
+            window: batches in the sliding window the rates are averaged over.
+        """
+        super().__init__(batch_size_fn=samples_in, length_fn=tokens_in, window_size=window)
 
-    def _reset(self, now: float | None) -> None:
-        self.started, self.batches, self.samples, self.tokens = now, 0, 0, 0
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset(time.perf_counter())
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: dict[str, torch.Tensor],
-        batch_idx: int,
-    ) -> None:
-        self.batches += 1
-        self.samples += batch["input_ids"].shape[0]
-        self.tokens += int(batch["attention_mask"].sum())
-        if self.batches < self.window:
-            return
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        now = time.perf_counter()
-        elapsed, world = now - self.started, trainer.world_size
-        values = {
-            "train/samples_per_sec": world * self.samples / elapsed,
-            "train/tokens_per_sec": world * self.tokens / elapsed,
-            "train/step_time": elapsed / self.batches,
-        }
-        if pl_module.device.type == "cuda":
-            values["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
-        pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
-        self._reset(now)
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args)
+        if pl_module.device.type == "cuda" and trainer._logger_connector.should_update_logs:
+            peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            pl_module.log("train/peak_memory_gb", peak, on_step=True, on_epoch=False, batch_size=1)
 
 
 class PredictionWriter(BasePredictionWriter):

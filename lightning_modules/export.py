@@ -8,6 +8,13 @@ weights and scales (not re-derived), activations quantized per token (asymmetric
 two scales. ONNX Runtime's ``quantize_dynamic`` would quantize activations per tensor instead,
 which flips about 2% of SST-2 predictions against the PyTorch int8 model. torchao's eager int8 is
 slower than fp32 on CPU; ONNX Runtime's integer kernels are the CPU deployment path.
+
+Operand types (``INT8_KERNELS``): the default ``u8u8`` stores the int8 weights shifted into uint8
+with a zero point of 128. ONNX Runtime's uint8 x uint8 kernels widen to 16 bits before multiplying
+(``vpmaddwd`` on AVX2 / AVX-512, ``vpdpbuud`` on AVX-VNNI-INT8, ``udot`` on ARM64), so every x86 and
+ARM CPU computes the exact int32 sums. ``u8s8`` (uint8 activations x int8 weights) is exact only on
+CPUs with VNNI or AMX: on AVX2 without VNNI its kernel (``vpmaddubsw``) adds pairs of products into
+int16 and saturates, so an exported model silently disagrees with the trained one there.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from datamodules.errors import InputError
 from lightning_modules.quantize import dequantized, is_int8_weight, is_quantized
 
 OPSET = 17
+INT8_KERNELS = ("u8u8", "u8s8")  # MatMulInteger operand types; u8u8 is exact on every CPU (see above)
 
 
 def input_names(model: torch.nn.Module) -> list[str]:
@@ -65,10 +73,16 @@ def onnx_scope(module_name: str) -> str:
     return "/model/" + "/".join(parts) + "/"
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
+def export_onnx(model: torch.nn.Module, path: str | Path, int8_kernel: str = "u8u8") -> Path:
     """Write ``model`` as ONNX: fp32, or, for a torchao int8 model, an int8 graph with the same
-    numerics (``int8_graph``). Written beside ``path`` and renamed: never half a file."""
+    numerics (``int8_graph``; ``int8_kernel`` picks the MatMulInteger operand types, see
+    ``INT8_KERNELS``). Written beside ``path`` and renamed: never half a file."""
     import onnx
+
+    if int8_kernel not in INT8_KERNELS:
+        raise InputError(
+            f"int8 kernel {int8_kernel!r} is not one of {INT8_KERNELS}: use u8u8 (exact on every CPU)"
+        )
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,12 +108,27 @@ def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
             )
         if int8:
             exported = onnx.load(str(tmp))
-            int8_graph(exported.graph, model)
+            int8_graph(exported.graph, model, int8_kernel)
             onnx.save(exported, str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def cpu_name() -> str:
+    """``lscpu``'s model name and the int8 / bf16 instruction sets that change ONNX Runtime's kernels."""
+    import platform
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return f"{name or platform.processor()} ({' '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def _int8_parts(weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,9 +140,10 @@ def _int8_parts(weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return qdata, scale, zero
 
 
-def int8_graph(graph: Any, model: torch.nn.Module) -> None:
+def int8_graph(graph: Any, model: torch.nn.Module, int8_kernel: str = "u8u8") -> None:
     """Rewrite (in place) the fp32 ONNX graph of ``model``'s dequantized copy: each Linear whose
-    weight is int8 in ``model`` becomes per-token activation quantization + ``MatMulInteger``;
+    weight is int8 in ``model`` becomes per-token activation quantization + ``MatMulInteger``
+    (uint8 x uint8 weights shifted by 128, or uint8 x int8 with ``int8_kernel="u8s8"``);
     each int8 embedding table becomes a Gather of int8 rows times their scales."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -133,6 +163,7 @@ def int8_graph(graph: Any, model: torch.nn.Module) -> None:
         for n, v in (("zero", 0.0), ("qmin", 0.0), ("qmax", 255.0))  # uint8: int8 + 128
     )
     levels = constant("int8/levels", np.array(255.0, np.float32))
+    w_offset = constant("int8/w_offset", np.array(128, np.uint8))  # u8u8: the weights' zero point
     eps = constant("int8/eps", np.array(np.finfo(np.float32).eps, np.float32))
     tokens: dict[str, tuple[str, str, str]] = {}  # activation -> its quantization, shared by Q, K, V
 
@@ -194,7 +225,12 @@ def int8_graph(graph: Any, model: torch.nn.Module) -> None:
         assert not w_zero.any(), "int8 Linear weights are symmetric"
         x = old.input[0]
         xq, x_scale, x_zero = quantize_per_token(x)
-        acc = node("MatMulInteger", [xq, constant(f"{p}/wq", np.ascontiguousarray(qdata.T))], f"{p}/acc")
+        if int8_kernel == "u8u8":  # w + 128 as uint8 with zero point 128: the same products, no saturation
+            shifted = (qdata.T.astype(np.int16) + 128).astype(np.uint8)
+            weight = [constant(f"{p}/wq", np.ascontiguousarray(shifted)), "", w_offset]
+        else:
+            weight = [constant(f"{p}/wq", np.ascontiguousarray(qdata.T))]
+        acc = node("MatMulInteger", [xq, *weight], f"{p}/acc")
         row_sums = constant(f"{p}/row_sums", qdata.astype(np.int64).sum(1).astype(np.float32))
         centred = node(
             "Sub",

@@ -1,8 +1,11 @@
 """Why the int8 ONNX graph quantizes activations per token: parity and latency, side by side, of
 three ONNX Runtime graphs of one int8 checkpoint (benchmark, not CI):
 
-* ``per-token``: what ``scripts/export.py onnx`` writes (``lightning_modules.export``): torchao's
-  numerics, the checkpoint's int8 weights, per-token uint8 activations;
+* ``per-token u8u8``: what ``scripts/export.py onnx`` writes (``lightning_modules.export``): torchao's
+  numerics, the checkpoint's int8 weights (stored as uint8 + 128), per-token uint8 activations;
+  exact on every CPU;
+* ``per-token u8s8``: the same graph with int8 weights (uint8 x int8 kernels): exact only with
+  VNNI / AMX, saturating on AVX2 without VNNI;
 * ``per-tensor``: ONNX Runtime's own ``quantize_dynamic`` on the same layers (weights per channel,
   activations per tensor), the first export of this project;
 * ``fp32``: the dequantized model, no integer kernels.
@@ -32,6 +35,7 @@ from datamodules import datamodule_from_config, parse_overrides  # noqa: E402
 from lightning_modules.base import load_classifier, read_checkpoint  # noqa: E402
 from lightning_modules.export import (  # noqa: E402
     OnnxClassifier,
+    cpu_name,
     export_onnx,
     input_names,
     onnx_scope,
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         graphs = {
-            "per-token": export_onnx(model, Path(tmp) / "token.onnx"),
+            "per-token u8u8": export_onnx(model, Path(tmp) / "token.onnx"),
+            "per-token u8s8": export_onnx(model, Path(tmp) / "token_s8.onnx", int8_kernel="u8s8"),
             "per-tensor": per_tensor_onnx(
                 model, Path(tmp) / "tensor.onnx", scheme["embeddings"], scheme["head"]
             ),
@@ -119,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
             + " | ".join([name, *(str(round(v, 5) if isinstance(v, float) else v) for v in row.values())])
             + " |"
         )
-    print(json.dumps({"model": args.model, "threads": args.threads, "rows": rows}))
+    cpu = cpu_name()
+    print(f"CPU: {cpu}")
+    print(json.dumps({"model": args.model, "threads": args.threads, "cpu": cpu, "rows": rows}))
 
 
 if __name__ == "__main__":

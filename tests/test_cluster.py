@@ -67,7 +67,8 @@ def test_wandb_gets_losses_kd_terms_lr_throughput_and_config_but_not_the_api_key
     records = wandb_records(tmp_path / "student")
     for key in (
         "train/loss", "train/kd_loss", "train/ce_loss", "lr-AdamW", "val/accuracy", "val/loss",
-        "train/samples_per_sec", "train/tokens_per_sec", "train/step_time", "trainer/global_step",
+        "train/device/samples_per_sec", "train/device/items_per_sec", "train/device/batches_per_sec",
+        "trainer/global_step",
     ):  # fmt: skip
         assert key.encode() in records, key
     assert b"temperature" in records and b"teacher_cache" in records  # the resolved config

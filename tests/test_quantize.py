@@ -6,13 +6,25 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from onnx import TensorProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from datamodules import InputError
 from lightning_modules import FineTuneModule
 from lightning_modules.base import load_classifier
-from lightning_modules.export import OnnxClassifier, export_onnx, input_names, parity, pytorch_logits
+from lightning_modules.export import (
+    INT8_KERNELS,
+    OnnxClassifier,
+    cpu_name,
+    export_onnx,
+    input_names,
+    model_inputs,
+    parity,
+    pytorch_logits,
+)
 from lightning_modules.quantize import (
     SCHEME,
     convert_to_int8,
@@ -140,11 +152,55 @@ def test_onnx_fp32_and_int8_parity(task, head, tmp_path):
         report = parity(pytorch_logits(model, input_names(model)), OnnxClassifier(path), batches, task)
         # int8: the same integer arithmetic as torchao, so only float rounding differs
         assert report["max_logit_diff"] < 1e-4 and report["agreement"] == 1.0, (name, report)
-    ops = [node.op_type for node in load(str(tmp_path / "int8.onnx")).graph.node]
+    graph = load(str(tmp_path / "int8.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    # every MatMulInteger is uint8 x uint8 (weights shifted by 128): exact on every CPU kernel
+    weights = {i.name: i.data_type for i in graph.initializer}
+    assert {weights[n.input[1]] for n in graph.node if n.op_type == "MatMulInteger"} == {TensorProto.UINT8}
+    # the graph itself computes torchao's numbers: ONNX's reference evaluator (numpy, no CPU kernel)
+    # agrees with ONNX Runtime, so a failure above is a kernel problem, and one here a graph problem
+    reference = ReferenceEvaluator(str(tmp_path / "int8.onnx"))
+    for batch in batches[:2]:
+        feed = {k: v.numpy() for k, v in model_inputs(batch, input_names(int8)).items()}
+        expected = pytorch_logits(int8, input_names(int8))(batch).numpy()
+        np.testing.assert_allclose(reference.run(None, feed)[0], expected, atol=1e-4, rtol=0)
     # exactly the encoder Linears, and with ``head`` the pooler and classifier (Gemm nodes in fp32)
     assert ops.count("MatMulInteger") == 6 * TINY["num_hidden_layers"] + 2 * head
     assert ops.count("ReduceMax") == 4 * TINY["num_hidden_layers"] + 2 * head  # Q, K and V share one
     assert "MatMul" in ops  # attention products and the fp32 head
+
+
+@pytest.mark.parametrize("kernel", INT8_KERNELS)
+def test_int8_matmul_of_the_exported_form_is_exact_on_this_cpu(kernel):
+    """The worst case for int16 pair sums: activations 255 times weights of +-127 in the same sign.
+    ``u8u8`` (the default) must be exact on every CPU; ``u8s8`` is exact only with VNNI / AMX
+    (AVX2's vpmaddubsw saturates at 32767), so it is checked only where the CPU has them."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    if kernel == "u8s8" and not any(f in cpu_name() for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
+        pytest.skip("u8s8 saturates on CPUs without VNNI: that is why u8u8 is the default")
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 384), dtype=np.uint8)
+    a[0] = 255
+    w = rng.integers(-127, 128, (384, 96), dtype=np.int8)
+    w[:, 0] = 127
+    w[:, 1] = -127
+    inputs_ = [helper.make_tensor_value_info("a", TensorProto.UINT8, [64, 384])]
+    if kernel == "u8u8":
+        b = (w.astype(np.int16) + 128).astype(np.uint8)
+        consts = [numpy_helper.from_array(b, "b"), numpy_helper.from_array(np.array(128, np.uint8), "zp")]
+        node = helper.make_node("MatMulInteger", ["a", "b", "", "zp"], ["y"])
+    else:
+        consts = [numpy_helper.from_array(w, "b")]
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+    graph = helper.make_graph(
+        [node], "mm", inputs_, [helper.make_tensor_value_info("y", TensorProto.INT32, None)], consts
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"a": a})[0]
+    np.testing.assert_array_equal(got, a.astype(np.int64) @ w.astype(np.int64))
 
 
 @pytest.fixture(scope="module")
