@@ -72,6 +72,14 @@ def computed_metrics(metrics: MetricCollection, prefix: str) -> dict[str, torch.
     return flat
 
 
+def vocab_digest(tokenizer: Any) -> str:
+    """A hash of a tokenizer's vocabulary: the same tokenizer under another path or name matches."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+
+
 def _auto_class(task: str):
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -322,12 +330,52 @@ class ClassificationModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if getattr(datamodule, "tokenizer_name", None):
             config["shrink_tokenizer"] = datamodule.tokenizer_name
+            config["shrink_tokenizer_vocab"] = vocab_digest(datamodule.tokenizer)
         elif getattr(self.model.config, "shrink_tokenizer", None):  # loaded from one of our checkpoints
             config["shrink_tokenizer"] = self.model.config.shrink_tokenizer
+            config["shrink_tokenizer_vocab"] = getattr(self.model.config, "shrink_tokenizer_vocab", None)
         return config
+
+    def tokenizer_files(self) -> dict[str, bytes] | None:
+        """The training tokenizer's files, stored in each checkpoint so that a ``.ckpt`` moved to
+        another machine still exports, benchmarks and predicts (computed once per run)."""
+        if getattr(self, "_tokenizer_files", None) is None:
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if getattr(datamodule, "tokenizer_name", None) is None:
+                return None
+            from lightning_modules.model_folder import tokenizer_files
+
+            self._tokenizer_files = tokenizer_files(datamodule.tokenizer)
+        return self._tokenizer_files
+
+    def lineage(self) -> list[dict[str, Any]]:
+        """Where this model came from, oldest first (base -> teacher -> student -> int8), for model
+        cards: the lineage recorded in the teacher's (or else the source model's) config, then this
+        stage. Kept in the model config, so checkpoints and folders carry it to the next stage."""
+        teacher = self._teacher[0] if getattr(self, "_teacher", None) else None
+        source = teacher if teacher is not None else self.model
+        previous = [dict(step) for step in getattr(source.config, "shrink_lineage", None) or []]
+        keys = (
+            "model_name_or_path",
+            "model_config",
+            "teacher",
+            "student_model_name_or_path",
+            "student_layers",
+        )
+        step = {"stage": type(self).__name__, **{k: self.hparams[k] for k in keys if self.hparams.get(k)}}
+        if "model_config" in step:
+            step["model_config"] = "from scratch"
+        return previous if previous and previous[-1] == step else [*previous, step]
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.model.config.shrink_lineage = self.lineage()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["hf_config"] = self.hf_config()
+        files = self.tokenizer_files()
+        if files is not None:
+            checkpoint["tokenizer_files"] = files
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of another model shape gets one line naming the first mismatch."""

@@ -15,6 +15,7 @@ import io
 import json
 import netrc
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -27,6 +28,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
 from lightning_modules.base import ClassificationModule
+from lightning_modules.model_folder import (
+    checkpoint_tokenizer,
+    model_card,
+    parameters_and_bytes,
+    write_model_folder,
+)
 from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
 
 
@@ -82,6 +89,8 @@ class LoggedConfig(SaveConfigCallback):
 
 
 class ShrinkCLI(LightningCLI):
+    command_line: list[str] = []  # the arguments of this run, for the model card
+
     def instantiate_trainer(self, **kwargs):
         """Checkpoints are written atomically (temporary file + rename) unless a plugin says otherwise."""
         from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -151,6 +160,8 @@ class ShrinkCLI(LightningCLI):
         self._check_devices(config.trainer)
         if data.get("tokenizer") is None:
             source = model.get("model_name_or_path") or model.get("student_model_name_or_path")
+            if source is not None and str(source).endswith(".ckpt") and os.path.isfile(source):
+                source = checkpoint_tokenizer(check_checkpoint(source))  # the tokenizer stored in it
             if source is None or str(source).endswith(".ckpt"):
                 raise InputError(
                     "no tokenizer: set data.tokenizer (the model gives no pretrained folder or hub name)"
@@ -268,10 +279,63 @@ class ShrinkCLI(LightningCLI):
     after_validate = after_test = _write_metrics
 
     def after_fit(self) -> None:
-        """QAT converted its model to int8 when fit ended: score that int8 model with the same metric."""
-        if getattr(self.model, "is_int8", False) and self.trainer.state.status == "finished":
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=True)
+        """Hand the model on as a Hugging Face folder, ``OUT_DIR/model/``: the best weights (by the
+        checkpoint monitor; QAT: its int8 model), scored on the validation split, with a model card."""
+        if self.trainer.state.status != "finished":
+            return
+        module = self.model
+        if not getattr(module, "is_int8", False):
+            callback = self.trainer.checkpoint_callback
+            best = getattr(callback, "best_model_path", "") if callback is not None else ""
+            if best and os.path.isfile(best):
+                module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        validated = self.trainer.validate(
+            module,
+            datamodule=self.datamodule,
+            verbose=module.is_int8 if hasattr(module, "is_int8") else False,
+        )
+        if getattr(module, "is_int8", False):  # QAT converted its model to int8 when fit ended
             self._write_metrics("int8_validate")
+        if self.trainer.is_global_zero:
+            folder = os.path.join(self.trainer.default_root_dir, "model")
+            write_model_folder(
+                module.model,
+                self.datamodule.tokenizer,
+                folder,
+                self._model_card(module, validated[0] if validated else {}),
+                getattr(module, "quantization", None) if getattr(module, "is_int8", False) else None,
+            )
+            print(
+                f"model folder (transformers.pipeline, from_pretrained, push_to_hub): {folder}",
+                file=sys.stderr,
+            )
+
+    def _model_card(self, module, metrics: dict[str, float]) -> str:
+        try:  # the resolved config, as `--print_config` shows it
+            config = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+        except Exception:  # noqa: BLE001 - a value the dumper cannot write must not lose the model
+            config = None
+        datamodule = self.datamodule
+        facts = {
+            "task": f"{module.task} classification",
+            "architecture": type(module.model).__name__,
+            **parameters_and_bytes(module.model),
+            "data": datamodule.source,
+            "tokenizer": datamodule.tokenizer_name,
+            "int8": getattr(module, "quantization", {}).get("scheme")
+            if getattr(module, "is_int8", False)
+            else "no (fp32)",
+        }
+        return model_card(
+            title=f"{Path(self.trainer.default_root_dir).name} ({type(module).__name__})",
+            task=module.task,
+            labels=module.label_names,
+            facts=facts,
+            metrics={k: round(float(v), 4) for k, v in metrics.items()},
+            lineage=list(getattr(module.model.config, "shrink_lineage", None) or module.lineage()),
+            command="shrink " + " ".join(shlex.quote(a) for a in self.command_line),
+            config=config,
+        )
 
 
 def input_error_in(error: BaseException | None) -> InputError | None:
@@ -304,6 +368,7 @@ def config_error_line(message: str) -> str:
 
 def main(args: list[str] | None = None) -> None:
     wandb_mode_default()
+    ShrinkCLI.command_line = list(sys.argv[1:] if args is None else args)
     try:
         ShrinkCLI(
             ClassificationModule,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from datamodules.errors import InputError
-from lightning_modules.base import ClassificationModule, build_classifier, load_classifier
+from lightning_modules.base import ClassificationModule, build_classifier, load_classifier, vocab_digest
 from lightning_modules.losses import attention_loss, hidden_state_loss, kd_loss, per_word
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,12 @@ class DistillationModule(ClassificationModule):
             return
         trained_with = getattr(self._teacher[0].config, "shrink_tokenizer", None)
         given = datamodule.teacher_tokenizer_name or datamodule.tokenizer_name
-        if trained_with and os.path.abspath(trained_with) != os.path.abspath(given) and trained_with != given:
+        same_name = trained_with and (
+            os.path.abspath(trained_with) == os.path.abspath(given) or trained_with == given
+        )
+        recorded = getattr(self._teacher[0].config, "shrink_tokenizer_vocab", None)
+        tokenizer = datamodule.teacher_tokenizer or datamodule.tokenizer
+        if trained_with and not same_name and not (recorded and recorded == vocab_digest(tokenizer)):
             raise InputError(
                 f"the teacher was fine-tuned with tokenizer {trained_with!r} but the data tokenizes for it "
                 f"with {given!r}: set data.teacher_tokenizer {trained_with}"

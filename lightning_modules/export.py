@@ -31,6 +31,7 @@ from datamodules.errors import InputError
 from lightning_modules.quantize import dequantized, is_int8_weight, is_quantized
 
 OPSET = 17
+ONNX_FILE = "model.onnx"  # the file name optimum's ORTModel classes look for in a folder
 INT8_KERNELS = ("u8u8", "u8s8")  # MatMulInteger operand types; u8u8 is exact on every CPU (see above)
 
 
@@ -264,10 +265,17 @@ class OnnxClassifier:
     """An exported classifier run by ONNX Runtime on CPU: ``logits = model(batch)``."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
+        """
+        Args:
+            path: an ``.onnx`` file or an ONNX folder holding ``model.onnx``.
+            threads: ONNX Runtime's intra-op threads.
+        """
         import onnxruntime as ort
 
+        if Path(path).is_dir():  # an ONNX folder of scripts/export.py onnx
+            path = Path(path) / ONNX_FILE
         if not Path(path).is_file():
-            raise InputError(f"ONNX model {path} does not exist: export it first (scripts/export.py)")
+            raise InputError(f"ONNX model {path} does not exist: export it first (scripts/export.py onnx)")
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -57,7 +57,7 @@ class QATModule(DistillationModule):
             model_name_or_path: the fp32 model to quantize: our ``.ckpt`` (e.g. the distilled student)
                 or a folder with a fine-tuned classification head. An int8 checkpoint is refused.
             teacher: optional fine-tuned teacher for KD-guided QAT (the distillation losses and cache).
-            quantize_embeddings: int8 per-row word embeddings (a third of a MiniLM's bytes).
+            quantize_embeddings: int8 per-row word embeddings (half of a MiniLM's bytes).
             quantize_head: also int8 the pooler / classifier Linear layers (off: they are tiny and
                 the logits are most sensitive there).
             temperature, alpha, teacher_cache, cache_dir: as in distillation; used with a teacher.
@@ -105,7 +105,12 @@ class QATModule(DistillationModule):
         self.int8_path = self.int8_path or os.path.join(self.trainer.default_root_dir, "int8.ckpt")
         if self.trainer.is_global_zero:
             save_int8_checkpoint(
-                self.model, self.int8_path, dict(self.hparams), self.quantization, self.hf_config()
+                self.model,
+                self.int8_path,
+                dict(self.hparams),
+                self.quantization,
+                self.hf_config(),
+                self.tokenizer_files(),
             )
             self.print(f"int8 model ({SCHEME}) written to {self.int8_path}")
 

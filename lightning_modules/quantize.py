@@ -3,7 +3,7 @@ int8 model, post-training quantization (PTQ), and int8 checkpoints.
 
 The scheme (``SCHEME``): int8 per-channel symmetric weights and int8 dynamic per-token
 (asymmetric) activations on the encoder's Linear layers; optionally int8 per-row weights on the
-word embeddings (a third of a small model's bytes) and int8 Linear layers in the classification
+word embeddings (half of a small model's bytes) and int8 Linear layers in the classification
 head. Fake quantization during QAT uses exactly the numerics of the converted model, so the
 converted logits equal the fake-quantized ones up to float rounding.
 """
@@ -158,6 +158,7 @@ def save_int8_checkpoint(
     hyper_parameters: dict[str, Any],
     quantization: dict[str, Any],
     hf_config: dict[str, Any] | None = None,
+    tokenizer_files: dict[str, bytes] | None = None,
 ) -> None:
     """A Lightning-style checkpoint of the int8 model (no optimizer state) that ``--ckpt_path`` and
     ``load_classifier`` accept. Written to a temporary file and renamed: never half a file."""
@@ -168,6 +169,7 @@ def save_int8_checkpoint(
         "hyper_parameters": dict(hyper_parameters),
         "hf_config": hf_config or model.config.to_dict(),
         "quantization": dict(quantization),
+        **({"tokenizer_files": tokenizer_files} if tokenizer_files else {}),
         "pytorch-lightning_version": lightning.__version__,
         "epoch": 0,
         "global_step": 0,

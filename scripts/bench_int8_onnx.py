@@ -42,6 +42,7 @@ from lightning_modules.export import (  # noqa: E402
     parity,
     pytorch_logits,
 )
+from lightning_modules.model_folder import checkpoint_tokenizer  # noqa: E402
 from lightning_modules.quantize import dequantized, quantized_embeddings, quantized_linears  # noqa: E402
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = read_checkpoint(args.model)
     task, scheme = checkpoint["hyper_parameters"]["task"], checkpoint["quantization"]
     model = load_classifier(args.model, task, int8_ok=True).eval()
-    tokenizer = checkpoint["hf_config"]["shrink_tokenizer"]
+    tokenizer = checkpoint_tokenizer(checkpoint)
     data = datamodule_from_config(args.data, {"tokenizer": tokenizer, **parse_overrides(args.set)})
     data.setup("validate")
     batches = list(data.val_dataloader())

@@ -7,6 +7,12 @@ int8, student QAT int8, each in PyTorch and (``--onnx``) ONNX Runtime on CPU.
         --model "student PTQ int8=outputs/sst2/ptq.int8.ckpt" \\
         --model "student QAT int8=outputs/sst2/qat/int8.ckpt"
 
+ONNX folders (``scripts/export.py onnx``) are timed as exported, the file whose parity was checked:
+
+    python scripts/benchmark.py --data configs/demo/sequence_qat.yaml --out outputs/demo/benchmark \\
+        --model "teacher=outputs/demo/sequence_finetune/model" \\
+        --model "student QAT int8 (ORT)=outputs/demo/sequence_qat/onnx-int8"
+
 Per row: the task metric on the split (the checkpoint's own tokenizer), parameters, bytes on disk
 (the weights as deployed: the state dict, or the .onnx file), latency p50/p95 at batch 1 on real
 sentence lengths and on 128 tokens, throughput at batch 32 (real lengths, dynamic padding). One
@@ -29,14 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from datamodules import InputError, datamodule_from_config, parse_overrides  # noqa: E402
-from lightning_modules.base import (  # noqa: E402
-    computed_metrics,
-    load_classifier,
-    read_checkpoint,
-    task_metrics,
-    update_task_metrics,
-)
-from lightning_modules.export import OnnxClassifier, export_onnx, input_names, pytorch_logits  # noqa: E402
+from lightning_modules.base import computed_metrics, task_metrics, update_task_metrics  # noqa: E402
+from lightning_modules.export import ONNX_FILE, OnnxClassifier, export_onnx, input_names, pytorch_logits  # noqa: E402
+from lightning_modules.model_folder import folder_task, load_trained, read_json  # noqa: E402
 from lightning_modules.quantize import import_torchao, weights_bytes  # noqa: E402
 
 SPLIT_STAGE = {"validation": "validate", "test": "test"}
@@ -44,23 +45,41 @@ MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def parse_models(specs: list[str]) -> list[tuple[str, str, dict]]:
-    """``NAME=PATH`` pairs, each with its task, tokenizer and int8 flag; every path is checked
-    before any work starts."""
+    """``NAME=PATH`` pairs (a ``.ckpt``, a model folder, or an ONNX folder of ``scripts/export.py
+    onnx``, timed as exported and verified), each with its task, tokenizer and int8 flag; every
+    path is checked before any work starts."""
+    from transformers import AutoConfig
+
     models = []
     for spec in specs:
         name, sep, path = spec.rpartition("=")
-        checkpoint = read_checkpoint(path, role=f"--model {spec}:")
-        tokenizer = checkpoint["hf_config"].get("shrink_tokenizer")
-        if tokenizer is None:
+        name = name if sep else Path(path).stem
+        if (Path(path) / ONNX_FILE).is_file():
+            parity = read_json(Path(path) / "parity.json")
+            task = folder_task(AutoConfig.from_pretrained(path))
+            models.append(
+                (
+                    name,
+                    path,
+                    {"task": task, "tokenizer": path, "int8": bool(parity.get("int8")), "onnx": True},
+                )
+            )
+            continue
+        trained = load_trained(path, role=f"--model {spec}:")
+        if trained.tokenizer is None:
             raise InputError(
                 f"--model {spec}: {path} records no tokenizer: benchmark checkpoints of `shrink fit`"
             )
-        info = {"task": checkpoint["hyper_parameters"]["task"], "tokenizer": tokenizer}
-        models.append(
-            (name if sep else Path(path).stem, path, {**info, "int8": "quantization" in checkpoint})
-        )
+        info = {
+            "task": trained.task,
+            "tokenizer": trained.tokenizer,
+            "int8": trained.quantization is not None,
+        }
+        models.append((name, path, {**info, "onnx": False, "trained": trained}))
     if not models:
-        raise InputError("no --model given: pass NAME=PATH.ckpt at least once")
+        raise InputError(
+            "no --model given: pass NAME=PATH (.ckpt, model folder or ONNX folder) at least once"
+        )
     return models
 
 
@@ -131,17 +150,26 @@ def benchmark(args) -> list[dict]:
     rows, data_by_tokenizer = [], {}
     for name, path, info in models:
         task, tokenizer, int8 = info["task"], info["tokenizer"], info["int8"]
-        model = load_classifier(path, task, int8_ok=True).eval()
-        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if tokenizer not in data_by_tokenizer:
             data = datamodule_from_config(args.data, {**overrides, "tokenizer": tokenizer, **args.set})
             data.setup(SPLIT_STAGE[args.split])
             data_by_tokenizer[tokenizer] = data
         data = data_by_tokenizer[tokenizer]
         loader = data.val_dataloader() if args.split == "validation" else data.test_dataloader()
-        params = sum(p.numel() for p in model.parameters())
-        runtimes = [("pytorch", pytorch_logits(model, input_names(model)), weights_bytes(model))]
-        if args.onnx:
+        if info["onnx"]:  # the file export verified, as deployed
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path)
+            labels = [config.id2label[i] for i in range(config.num_labels)]
+            params = read_json(Path(path) / "parity.json").get("parameters") or float("nan")
+            onnx_file = Path(path) / ONNX_FILE
+            runtimes = [("onnxruntime", OnnxClassifier(onnx_file, args.threads), onnx_file.stat().st_size)]
+        else:
+            model = info["trained"].model
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            params = sum(p.numel() for p in model.parameters())
+            runtimes = [("pytorch", pytorch_logits(model, input_names(model)), weights_bytes(model))]
+        if args.onnx and not info["onnx"]:  # convenience: export here (scripts/export.py also checks parity)
             onnx_path = Path(args.out) / "onnx" / f"{name.replace(' ', '_')}.onnx"
             export_onnx(model, onnx_path)
             runtimes.append(
@@ -244,7 +272,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", action="append", default=[], help="NAME=PATH.ckpt (repeat); the first is the reference"
+        "--model",
+        action="append",
+        default=[],
+        help="NAME=PATH (repeat; a .ckpt, a model folder, or an ONNX folder of scripts/export.py onnx, "
+        "timed as exported); the first is the reference",
     )
     parser.add_argument("--data", required=True, help="run config whose data: section names the dataset")
     parser.add_argument(
@@ -252,7 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--split", choices=["validation", "test"], default="validation")
     parser.add_argument(
-        "--onnx", action="store_true", help="also export each model and time it in ONNX Runtime"
+        "--onnx",
+        action="store_true",
+        help="also export each PyTorch model here and time it in ONNX Runtime (unverified; prefer "
+        "passing the ONNX folders scripts/export.py onnx wrote and checked)",
     )
     parser.add_argument(
         "--out", required=True, help="folder for benchmark.md / .json / .png and the .onnx files"

@@ -1,0 +1,164 @@
+"""``shrink-classify``: classify raw text from the terminal with any stage's output.
+
+    shrink-classify outputs/demo/sequence_distill/model "a wonderful film" "dull and slow"
+    echo "John lives in Berlin" | shrink-classify outputs/demo/token_qat/onnx-int8
+    shrink-classify outputs/demo/sequence_qat/int8.ckpt --file sentences.txt
+
+MODEL is a Hugging Face model folder (``OUT_DIR/model``), an ONNX folder (``scripts/export.py
+onnx``) or a ``.ckpt``. Texts come as arguments, else one per line on stdin (or ``--file``). One
+JSON line per text: ``{"text", "label", "score"}``, or for NER ``{"text", "entities": [{"type",
+"word", "start", "end", "score"}]}`` with character offsets into the text. Words are tagged by
+their first sub-token, as in training; ``B-X`` starts an entity, ``I-X`` continues one of type X.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datamodules.errors import InputError
+
+
+class Classifier:
+    """``logits = classifier(encoding)`` for a model folder, an ONNX folder or a ``.ckpt``, with its
+    tokenizer, task and label names."""
+
+    def __init__(self, path: str, threads: int = 1) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from lightning_modules.export import ONNX_FILE, OnnxClassifier
+        from lightning_modules.model_folder import folder_task, load_trained
+
+        if not Path(path).exists():
+            raise InputError(f"model {path} does not exist: give a model folder, an ONNX folder or a .ckpt")
+        if (Path(path) / ONNX_FILE).is_file():
+            config = AutoConfig.from_pretrained(path)
+            self.task, tokenizer = folder_task(config), path
+            self.labels = [config.id2label[i] for i in range(config.num_labels)]
+            self.run = OnnxClassifier(Path(path) / ONNX_FILE, threads)
+        else:
+            trained = load_trained(path, role="model")
+            model, self.task, tokenizer = trained.model, trained.task, trained.tokenizer
+            self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            from lightning_modules.export import input_names, pytorch_logits
+
+            torch.set_num_threads(threads)
+            self.run = pytorch_logits(model, input_names(model))
+        if tokenizer is None:
+            raise InputError(f"model {path} records no tokenizer: use a model folder or a recent .ckpt")
+        if tokenizer == "demo":
+            from datamodules.demo import demo_tokenizer
+
+            self.tokenizer = demo_tokenizer("~/.cache/shrink")
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+
+    def __call__(self, texts: list[str], max_length: int = 512) -> list[dict[str, Any]]:
+        encoding = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=min(max_length, self.tokenizer.model_max_length),
+            return_offsets_mapping=self.task == "token",
+            return_tensors="pt",
+        )
+        batch = {k: v for k, v in encoding.items() if k != "offset_mapping"}
+        probabilities = self.run(batch).float().softmax(-1)
+        if self.task == "sequence":
+            scores, ids = probabilities.max(-1)
+            return [
+                {"text": t, "label": self.labels[i], "score": round(s, 6)}
+                for t, i, s in zip(texts, ids.tolist(), scores.tolist(), strict=True)
+            ]
+        rows = []
+        for row, text in enumerate(texts):
+            words = word_spans(encoding.word_ids(row), encoding["offset_mapping"][row].tolist())
+            tags = [(self.labels[int(probabilities[row, t].argmax())], float(probabilities[row, t].max()))
+                    for t, _, _ in words]  # fmt: skip
+            rows.append({"text": text, "entities": entities(text, words, tags)})
+        return rows
+
+
+def word_spans(word_ids: list[int | None], offsets: list[list[int]]) -> list[tuple[int, int, int]]:
+    """``(first sub-token index, start char, end char)`` of each word."""
+    spans: dict[int, list[int]] = {}
+    for position, word in enumerate(word_ids):
+        if word is None:
+            continue
+        start, end = offsets[position]
+        if word not in spans:
+            spans[word] = [position, start, end]
+        else:
+            spans[word][2] = end
+    return [tuple(spans[w]) for w in sorted(spans)]
+
+
+def entities(text: str, words: list[tuple[int, int, int]], tags: list[tuple[str, float]]) -> list[dict]:
+    """IOB2 word tags -> entities with character offsets; the score is the mean of the words' scores."""
+    found: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for (_, start, end), (tag, score) in zip(words, tags, strict=True):
+        prefix, _, kind = tag.partition("-")
+        if prefix == "I" and current is not None and current["type"] == kind:
+            current["end"], current["scores"] = end, [*current["scores"], score]
+            continue
+        current = None
+        if prefix in ("B", "I") and kind:  # an I- without its B- starts an entity (conlleval)
+            current = {"type": kind, "start": start, "end": end, "scores": [score]}
+            found.append(current)
+    return [
+        {
+            "type": e["type"],
+            "word": text[e["start"] : e["end"]],
+            "start": e["start"],
+            "end": e["end"],
+            "score": round(sum(e["scores"]) / len(e["scores"]), 6),
+        }
+        for e in found
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="model folder, ONNX folder or .ckpt")
+    parser.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
+    parser.add_argument("--file", help="read texts from this file, one per line")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        if args.batch_size < 1 or args.threads < 1:
+            raise InputError("--batch-size and --threads must be at least 1")
+        if args.texts:
+            texts = list(args.texts)
+        else:
+            try:
+                source = open(args.file, encoding="utf-8") if args.file else sys.stdin  # noqa: SIM115
+                with source:
+                    texts = [line.rstrip("\n") for line in source]
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(
+                    f"cannot read the texts ({e}): give a UTF-8 text file, one text per line"
+                ) from None
+        empty = [i + 1 for i, text in enumerate(texts) if not text.strip()]
+        if not texts or empty:
+            where = f"input {empty[0]} is empty" if empty else "no input"
+            raise InputError(f"{where}: give one non-empty text per argument or per line")
+        classifier = Classifier(args.model, args.threads)
+        for start in range(0, len(texts), args.batch_size):
+            for row in classifier(texts[start : start + args.batch_size]):
+                print(json.dumps(row, ensure_ascii=False), flush=True)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

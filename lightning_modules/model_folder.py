@@ -1,0 +1,257 @@
+"""What a stage hands on, and what users take away: a Hugging Face model folder (``config.json`` with
+``id2label``, ``model.safetensors``, the tokenizer files and a ``README.md`` model card) that
+``transformers.pipeline`` loads without this project; the tokenizer stored inside checkpoints, so a
+``.ckpt`` moved to another machine still exports and benchmarks; and one loader that takes a
+``.ckpt`` or such a folder wherever a trained model is expected.
+
+An int8 model (QAT, PTQ) is written with its int8 weights dequantized to fp32 and the scheme in
+``config.json`` (``shrink_quantization``): plain transformers runs it in fp32 with exactly the int8
+weights, and this project loads the identical int8 model (its int8 tensors and scales are
+stored beside them in ``int8_weights.pt``). Its int8 deployment is the ONNX folder of
+``scripts/export.py onnx``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datamodules.errors import InputError
+
+CARD_NAME = "README.md"
+INT8_FILE = "int8_weights.pt"  # an int8 folder's torchao tensors, for this project; transformers ignores it
+
+
+# --- tokenizers inside checkpoints ----------------------------------------------------------------
+def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
+    """The files ``tokenizer.save_pretrained`` writes, as bytes (stored in every checkpoint)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
+def tokenizer_folder(files: dict[str, bytes], cache_dir: str | Path = "~/.cache/shrink") -> str:
+    """A folder holding ``files`` (a checkpoint's tokenizer), written once per content hash."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name])
+    folder = Path(cache_dir).expanduser() / "tokenizers" / digest.hexdigest()[:20]
+    if not folder.is_dir():
+        tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process wrote the same folder first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
+def checkpoint_tokenizer(checkpoint: dict[str, Any], cache_dir: str | Path = "~/.cache/shrink") -> str | None:
+    """The tokenizer a checkpoint was trained with: its stored files (a folder), else the name it
+    recorded (checkpoints of earlier versions), else None."""
+    files = checkpoint.get("tokenizer_files")
+    if files:
+        return tokenizer_folder(files, cache_dir)
+    return checkpoint.get("hf_config", {}).get("shrink_tokenizer")
+
+
+# --- one loader for .ckpt files and model folders ----------------------------------------------------
+@dataclass
+class TrainedModel:
+    """A trained classifier with what export, benchmark and prediction need to run it."""
+
+    model: torch.nn.Module
+    task: str
+    tokenizer: str | None
+    quantization: dict[str, Any] | None
+    checkpoint: dict[str, Any] | None  # the .ckpt's contents; None for a folder
+
+
+def folder_task(config: Any) -> str | None:
+    """``sequence`` / ``token`` from a Hugging Face config's architectures, else None."""
+    names = " ".join(config.architectures or [])
+    if "ForTokenClassification" in names:
+        return "token"
+    if "ForSequenceClassification" in names:
+        return "sequence"
+    return None
+
+
+def load_trained(path: str, role: str = "--model", int8_ok: bool = True) -> TrainedModel:
+    """A ``.ckpt`` of this project or a model folder it wrote (or any folder / hub name with a
+    fine-tuned classification head). An int8 folder is re-quantized to its int8 model."""
+    from lightning_modules.base import load_classifier, read_checkpoint
+    from lightning_modules.quantize import convert_to_int8, import_torchao, load_int8_state
+
+    import_torchao()  # int8 tensors load with weights_only=True once torchao is imported
+    if str(path).endswith(".ckpt"):
+        checkpoint = read_checkpoint(path, role=role)
+        task = checkpoint["hyper_parameters"]["task"]
+        model = load_classifier(path, task, role=role, int8_ok=int8_ok)
+        return TrainedModel(
+            model.eval(), task, checkpoint_tokenizer(checkpoint), checkpoint.get("quantization"), checkpoint
+        )
+    from transformers import AutoConfig
+
+    if Path(path).is_file():
+        raise InputError(f"{role} {path} is a file but not a .ckpt: give a .ckpt or a model folder")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        raise InputError(
+            f"{role} {path} is neither a .ckpt nor a model folder (no config.json): give the model/ "
+            "folder a stage wrote, or its .ckpt"
+        ) from None
+    task = folder_task(config)
+    if task is None:
+        raise InputError(
+            f"{role} {path} has no classification head (architectures: {config.architectures}): "
+            "give a fine-tuned classifier"
+        )
+    model = load_classifier(path, task, role=role).eval()
+    quantization = getattr(config, "shrink_quantization", None)
+    if quantization:
+        if not int8_ok:
+            raise InputError(
+                f"{role} {path} holds an int8 model: training needs the fp32 model it was made from"
+            )
+        exact = Path(path) / INT8_FILE
+        if exact.is_file():  # the int8 tensors themselves: bit-identical scales
+            load_int8_state(model, torch.load(exact, map_location="cpu", weights_only=True))
+        else:  # re-quantize the dequantized weights (scales may differ in the last float bit)
+            convert_to_int8(model, quantization["embeddings"], quantization["head"])
+    return TrainedModel(model, task, str(path), quantization or None, None)
+
+
+# --- model folders -------------------------------------------------------------------------------
+def replace_folder(build, folder: str | Path) -> Path:
+    """Call ``build(tmp)`` on a temporary sibling of ``folder``, then swap it in: a failed write
+    leaves the previous folder intact."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        build(tmp)
+        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def write_model_folder(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    folder: str | Path,
+    card: str,
+    quantization: dict[str, Any] | None = None,
+) -> Path:
+    """``model`` (fp32; an int8 torchao model is written dequantized with ``shrink_quantization``),
+    its tokenizer and the model card, as a Hugging Face folder."""
+    from lightning_modules.quantize import dequantized, is_quantized
+
+    def build(tmp: Path) -> None:
+        source = dequantized(model) if is_quantized(model) else model
+        config = source.config
+        config.architectures = [type(source).__name__]  # what pipeline and AutoModel pick the head by
+        if quantization:
+            config.shrink_quantization = {k: quantization[k] for k in ("scheme", "embeddings", "head")}
+        source.save_pretrained(tmp)
+        if quantization:
+            state = {f"model.{k}": v for k, v in model.state_dict().items()}
+            torch.save({"quantization": dict(quantization), "state_dict": state}, tmp / INT8_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
+
+    return replace_folder(build, folder)
+
+
+def _table(values: dict[str, Any]) -> str:
+    rows = [f"| {k} | {round(v, 4) if isinstance(v, float) else v} |" for k, v in values.items()]
+    return "\n".join(["| | |", "|---|---|", *rows])
+
+
+def model_card(
+    *,
+    title: str,
+    task: str,
+    labels: list[str],
+    facts: dict[str, Any],
+    metrics: dict[str, float],
+    lineage: list[dict[str, Any]],
+    command: str | None = None,
+    config: str | None = None,
+    usage: str | None = None,
+) -> str:
+    """A README.md for a model folder: what the model is, how well it scores, where it came from,
+    and how it was made. The front matter is the Hub's model-card metadata."""
+    pipeline_tag = "text-classification" if task == "sequence" else "token-classification"
+    lines = [
+        "---",
+        f"pipeline_tag: {pipeline_tag}",
+        "library_name: transformers",
+        "tags: [shrink]",
+        "---",
+        f"# {title}",
+        "",
+        f"A {pipeline_tag.replace('-', ' ')} model written by [shrink](https://github.com/) "
+        f"({'per-word tags' if task == 'token' else 'one label per text'}).",
+        "",
+        f"Labels ({len(labels)}): {', '.join(f'`{x}`' for x in labels)}",
+        "",
+        _table(facts),
+        "",
+        "## Scores",
+        "",
+        _table(metrics) if metrics else "Not evaluated.",
+        "",
+        "## Lineage",
+        "",
+        *[
+            f"{i + 1}. **{step.get('stage')}**: "
+            + ", ".join(f"{k} `{v}`" for k, v in step.items() if k != "stage" and v is not None)
+            for i, step in enumerate(lineage)
+        ],
+        "",
+        "## Use",
+        "",
+        "```python",
+        usage
+        or "from transformers import pipeline\n"
+        f'classifier = pipeline("{pipeline_tag}", model="PATH/TO/THIS/FOLDER"'
+        + (', aggregation_strategy="first")' if task == "token" else ")"),
+        "```",
+    ]
+    if command:
+        lines += ["", "## How it was made", "", "```bash", command, "```"]
+    if config:
+        lines += ["", "Resolved config:", "", "```yaml", config.rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def parameters_and_bytes(model: torch.nn.Module) -> dict[str, Any]:
+    from lightning_modules.quantize import weights_bytes
+
+    params = sum(p.numel() for p in model.parameters())
+    return {"parameters": f"{params / 1e6:.2f}M", "weights size": f"{weights_bytes(model) / 1e6:.2f} MB"}
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
