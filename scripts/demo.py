@@ -1,8 +1,9 @@
 """The offline demo: on the embedded sentiment and NER sets, fine-tune a teacher (2 layers x 128),
 distill it into a 4x smaller student (2 layers x 64), fine-tune the same student without a teacher
 for comparison, quantize the distilled student to int8 (QAT guided by the teacher, and PTQ for
-comparison), print held-out scores, then benchmark teacher vs student vs int8 (PyTorch and ONNX
-Runtime: metric, size, latency) and print that table. No downloads; a few minutes on 2 CPU cores.
+comparison), export the QAT student as an int8 ONNX folder, print held-out scores, then benchmark
+teacher vs student vs int8 (PyTorch and the ONNX Runtime folder: metric, size, latency) and print
+that table, each stage's model folder, and the int8 folder classifying a sentence. No downloads; a few minutes on 2 CPU cores.
 
     python scripts/demo.py [--out_dir outputs/demo]
 """
@@ -122,15 +123,36 @@ def main() -> None:
         script("export.py", "ptq", "--model", student, "--out", str(ptq), "--overwrite")
         score = int8_score(qat_config, out / f"{task}_ptq", ptq, metric, teacher)
         rows.append((task, "student, PTQ int8", score, time.perf_counter() - start, rows[-3][4]))
-        models = {"teacher fp32": teacher, "student fp32": student, "student PTQ int8": ptq,
-                  "student QAT int8": qat_dir / "int8.ckpt"}  # fmt: skip
-        script("benchmark.py", "--data", qat_config, "--split", "test", "--onnx", "--out", str(out / f"{task}_benchmark"),
+        # the deployable int8 ONNX folder, checked against PyTorch on the validation split
+        script("export.py", "onnx", "--model", str(qat_dir / "model"), "--out", str(qat_dir / "onnx-int8"),
+               "--data", qat_config, "--overwrite")  # fmt: skip
+        models = {"teacher fp32": teacher_dir / "model", "student fp32": out / f"{task}_distill" / "model",
+                  "student PTQ int8": ptq, "student QAT int8": qat_dir / "model",
+                  "student QAT int8 (ONNX folder)": qat_dir / "onnx-int8"}  # fmt: skip
+        script("benchmark.py", "--data", qat_config, "--split", "test", "--out", str(out / f"{task}_benchmark"),
                *[arg for name, path in models.items() for arg in ("--model", f"{name}={path}")])  # fmt: skip
     print("\n| task | model | parameters | held-out metric | score | seconds |\n|---|---|---|---|---|---|")
     for task, model, score, seconds, parameters in rows:
         print(f"| {task} | {model} | {parameters / 1e6:.2f}M | {TASKS[task]} | {score:.4f} | {seconds:.0f} |")
     for task in TASKS:
         print("\n" + (out / f"{task}_benchmark" / "benchmark.md").read_text())
+    print("Hugging Face model folders (transformers.pipeline, from_pretrained, push_to_hub):")
+    for folder in sorted(out.glob("*/model")) + sorted(out.glob("*/onnx-int8")):
+        print(f"  {folder}")
+    onnx = out / "sequence_qat" / "onnx-int8"
+    sentence = "a wonderful , moving film"
+    print(f"""
+The int8 ONNX folder in transformers' pipeline (pip install optimum-onnx; it needs transformers<4.58):
+  from optimum.onnxruntime import ORTModelForSequenceClassification
+  from transformers import AutoTokenizer, pipeline
+  classify = pipeline("text-classification", model=ORTModelForSequenceClassification.from_pretrained("{onnx}"),
+                      tokenizer=AutoTokenizer.from_pretrained("{onnx}"))
+  classify("{sentence}")
+The same folder from the terminal:
+$ shrink-classify {onnx} '{sentence}'""")
+    result = subprocess.run([sys.executable, "-m", "lightning_modules.classify", str(onnx), sentence],
+                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    print(result.stdout.strip() or result.stderr.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import ROOT, run_cli, tiny_args
 
 
+@pytest.mark.slow
 def test_ddp_validation_equals_single_process(tmp_path):
     """Entity F1 and loss are synced across ranks: 2 gloo processes give the 1-process numbers."""
     fit = run_cli("fit", *tiny_args("token", tmp_path, "--trainer.max_epochs", "1"), cwd=tmp_path)

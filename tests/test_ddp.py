@@ -1,11 +1,13 @@
 """Distillation under DDP: 2 CPU processes (gloo), launched as a subprocess with a timeout, never
 inside the pytest process."""
 
+import pytest
 import torch
 
 from tests.conftest import ROOT, run_cli
 
 
+@pytest.mark.slow
 def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
     small = [  # 128 rows, 1 epoch, shared tokenized-data cache
         "--trainer.max_epochs",
