@@ -324,6 +324,10 @@ class DistillationModule(ClassificationModule):
             teacher_present = self._cache["present"][batch["idx"]]
             if self.task == "token":
                 teacher_logits, teacher_present = teacher_logits[:, :n_words], teacher_present[:, :n_words]
+                missing = n_words - teacher_logits.shape[1]
+                if missing > 0:  # the teacher's tokenizer truncated these words away: nothing to match
+                    teacher_logits = torch.nn.functional.pad(teacher_logits, (0, 0, 0, missing))
+                    teacher_present = torch.nn.functional.pad(teacher_present, (0, missing))
         else:
             with torch.no_grad():
                 teacher_output = self.teacher(**self._teacher_inputs(batch), **kwargs)

@@ -152,14 +152,14 @@ def test_teacher_frozen_not_optimized_not_checkpointed_and_student_loads_alone(t
 
 
 # --- cross-tokenizer alignment --------------------------------------------------------------
-def other_tokenizer(folder: Path) -> str:
+def other_tokenizer(folder: Path, vocab_size: int = 300) -> str:
     """A lowercasing WordPiece with its own vocabulary and special-token ids (unlike the demo's)."""
     from datamodules.demo import demo_texts, train_wordpiece
 
     train_wordpiece(
         demo_texts(),
         folder,
-        vocab_size=300,
+        vocab_size=vocab_size,
         lowercase=True,
         special_tokens=("[UNK]", "[MASK]", "[SEP]", "[PAD]", "[CLS]"),
     )
@@ -227,6 +227,49 @@ def test_cached_and_live_teacher_give_the_same_loss(teacher, caplog):
         next(other.teacher.parameters()).add_(1.0)
     trainer(max_steps=1).fit(other, dm)
     assert "building" in caplog.text
+
+
+def test_teacher_cache_with_a_teacher_tokenizer_that_keeps_fewer_words(tmp_path):
+    """A teacher tokenizer with a small vocabulary splits words into more pieces, so after truncation
+    it keeps fewer words than the student's: the cached logits end early and those words have no
+    soft target (as with the live teacher), instead of a shape error."""
+    tok = other_tokenizer(tmp_path / "tok", vocab_size=150)  # little more than characters: many pieces
+    L.seed_everything(0)
+    options = {"max_length": 12, "cache_dir": str(tmp_path), "max_train_samples": 96, "max_eval_samples": 32}
+    own = TokenClassificationDataModule(tokenizer=tok, batch_size=16, **options)
+    teacher = FineTuneModule(model_config=TINY, task="token", label_names=own.label_names, learning_rate=1e-3)
+    run = trainer()
+    run.fit(teacher, own)
+    run.save_checkpoint(tmp_path / "teacher.ckpt")
+    dm = TokenClassificationDataModule(tokenizer="demo", teacher_tokenizer=tok, batch_size=16, **options)
+    modules = []
+    for use_cache in (False, True):
+        L.seed_everything(1)
+        module = DistillationModule(
+            teacher=str(tmp_path / "teacher.ckpt"), student_config=STUDENT, task="token",
+            label_names=dm.label_names, teacher_cache=use_cache, cache_dir=str(tmp_path),
+        )  # fmt: skip
+        trainer(max_steps=2).fit(module, dm)
+        modules.append(module.eval())
+    data = dm.encoded_split("train")
+    fewer = [i for i in range(len(data)) if max(data[i]["teacher_word_ids"]) < max(data[i]["word_ids"])]
+    assert fewer  # the case under test occurs
+    modules[1].model.load_state_dict(modules[0].model.state_dict())
+    batch = dm.collate([dict(data[i]) for i in fewer[:16]])
+    live, cached = (m.distillation_losses(batch) for m in modules)
+    assert cached["kd_loss"].item() == pytest.approx(live["kd_loss"].item(), rel=1e-5)
+    # by hand: only the words both tokenizers kept (the teacher-presence mask) carry the soft loss
+    with torch.no_grad():
+        module = modules[0]
+        n = int(max(batch["word_ids"].max(), batch["teacher_word_ids"].max())) + 1
+        s, s_ok = per_word(module(batch).logits, batch["word_ids"], n)
+        t, t_ok = per_word(
+            module.teacher(**module._teacher_inputs(batch)).logits, batch["teacher_word_ids"], n
+        )
+    assert (s_ok & ~t_ok).any()  # words only the student kept
+    expected = kd_loss(s[s_ok & t_ok], t[s_ok & t_ok], module.temperature)
+    assert cached["kd_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert kd_loss(s[s_ok], t[s_ok], module.temperature).item() != pytest.approx(expected.item(), rel=1e-3)
 
 
 # --- student initialisation -----------------------------------------------------------------
