@@ -407,19 +407,32 @@ def datamodule_from_config(
     config: str | Path, overrides: dict[str, Any] | None = None
 ) -> ClassificationDataModule:
     """The DataModule of a run config (its ``data:`` section), with ``overrides`` on its init args:
-    how export and benchmark scripts read the same data as training."""
-    import importlib
-
+    how export and benchmark scripts read the same data as training. The section is parsed by
+    jsonargparse as ``shrink`` parses it, so a short ``class_path`` works the same."""
     import yaml
+    from jsonargparse import ArgumentParser
 
     if not Path(config).is_file():
         raise InputError(f"data config {config} does not exist: pass a YAML such as configs/sst2/qat.yaml")
-    section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+    try:
+        values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        reason = str(e).splitlines()[0]
+        raise InputError(f"{config} is not a readable YAML file ({reason}): pass a run config") from None
+    section = values.get("data") if isinstance(values, dict) else None
     if not isinstance(section, dict) or "class_path" not in section:
         raise InputError(f"{config} has no data: section with a class_path: pass a run config")
-    module_name, _, class_name = section["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**{**(section.get("init_args") or {}), **(overrides or {})})
+    section = {**section, "init_args": {**(section.get("init_args") or {}), **(overrides or {})}}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(ClassificationDataModule, "data", required=True)
+    try:
+        parsed = parser.parse_object({"data": section})
+    except Exception as e:  # noqa: BLE001 - jsonargparse's errors, condensed to one line
+        reason = " ".join(str(e).split())[:300]
+        raise InputError(
+            f"the data: section of {config} is invalid ({reason}): fix it or the --set values"
+        ) from None
+    return parser.instantiate_classes(parsed).data
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

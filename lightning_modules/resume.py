@@ -151,14 +151,14 @@ class ResumeCheckpoint(L.Callback):
         trainer = getattr(self, "_trainer", None)
         return {"rng": _rng_states(), "wandb_run_id": wandb_run_id(trainer) if trainer else None}
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        rewind_prefetched_batch(checkpoint, getattr(trainer.train_dataloader, "batch_size", None))
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng_to_restore = state_dict.get("rng")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Put the data position and the RNG back, in the order the uninterrupted run used them."""
+        """Put the data position and the RNG back, in the order the uninterrupted run used them.
+        Uses Lightning's private loop attributes (``_data_fetcher``, ``_combined_loader``,
+        ``_combined_loader_states_to_load``): checked on lightning 2.6 and torchdata 0.11, the
+        versions pyproject.toml allows."""
         loop, rng = trainer.fit_loop, self._rng_to_restore
         self._rng_to_restore = None
         progress = loop.epoch_loop.batch_progress  # as restored, before the loop resets it
@@ -178,29 +178,6 @@ class ResumeCheckpoint(L.Callback):
             # so restore the RNG first, then start the iterator, as the uninterrupted run did
             _set_rng_states(rng)
             iter(loop._data_fetcher)
-
-
-def rewind_prefetched_batch(checkpoint: dict[str, Any], batch_size: int | None) -> None:
-    """Lightning fetches one training batch ahead, so the DataLoader state it saves mid-epoch counts a
-    batch the model has not trained on; a resumed run would skip it. Set the counts back to the
-    batches processed (the sampler state replays the epoch's order and skips that many)."""
-    loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    progress = loop.get("epoch_loop.batch_progress", {})
-    processed = progress.get("current", {}).get("processed")
-    if processed is None or progress.get("is_last_batch") or not batch_size:
-        return
-    for state in loop.get("state_dict", {}).get("combined_loader") or []:
-        extra = state.get("_num_yielded", 0) - processed
-        if extra <= 0 or "_snapshot" in state:  # nothing ahead, or a worker-process loader's snapshot
-            continue
-        state["_num_yielded"] -= extra
-        state["_sampler_iter_yielded"] -= extra
-        sampler = state.get("_sampler_iter_state") or {}
-        if "samples_yielded" in sampler:
-            sampler["samples_yielded"] -= extra * batch_size
-        inner = sampler.get("sampler_iter_state") or {}
-        if "yielded" in inner:
-            inner["yielded"] -= extra * batch_size
 
 
 def wandb_run_id(trainer: L.Trainer) -> str | None:

@@ -225,3 +225,22 @@ def test_push_to_hub_offline_is_one_line_and_keeps_the_folder(fitted, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: push to the Hub (someone/shrink-test) failed")
     assert sorted(p.name for p in (tmp / "run" / "model").iterdir()) == before
+
+
+def test_scripts_read_a_data_section_as_shrink_does(tmp_path):
+    """A short class_path (which `shrink` accepts) and one-line errors for a bad key or a non-YAML file."""
+    import yaml
+
+    from datamodules import InputError, datamodule_from_config
+
+    values = yaml.safe_load((ROOT / "configs" / "demo" / "token_qat.yaml").read_text())
+    values["data"]["class_path"] = "TokenClassificationDataModule"
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(values))
+    data = datamodule_from_config(path, {"max_eval_samples": 7})
+    assert type(data).__name__ == "TokenClassificationDataModule" and data.max_eval_samples == 7
+    with pytest.raises(InputError, match="'bogus' is not accepted"):
+        datamodule_from_config(path, {"bogus": 1})
+    (tmp_path / "bad.yaml").write_bytes(b"data: [\xff")
+    with pytest.raises(InputError, match="not a readable YAML file"):
+        datamodule_from_config(tmp_path / "bad.yaml")
