@@ -1,7 +1,7 @@
-"""Random training batches of similar length (transformers' ``group_by_length``): less padding, so
-fewer wasted tokens per step. On SST-2 with batch 32 it cuts the padded tokens of an epoch 2.5x.
-
-Stateful like torchdata's ``RandomSampler``: a ``StatefulDataLoader`` saves the generator state of
+"""Random training batches of similar length (transformers' ``group_by_length``, its own index
+function): less padding, so fewer wasted tokens per step. On SST-2 with batch 32 it cuts the padded
+tokens of an epoch 2.5x. What transformers' sampler lacks, and this one adds, is resumability:
+stateful like torchdata's ``RandomSampler``: a ``StatefulDataLoader`` saves the generator state of
 the epoch and how many indices were yielded, so a run resumed mid-epoch sees the same batches."""
 
 from __future__ import annotations
@@ -12,21 +12,15 @@ import torch
 from torch.utils.data import Sampler
 
 
-def length_grouped_order(
-    lengths: Sequence[int], batch_size: int, generator: torch.Generator, mega_batch_mult: int = 50
-) -> list[int]:
-    """A random permutation cut into mega-batches of ``mega_batch_mult`` batches, each sorted longest
-    first, so consecutive ``batch_size`` indices have similar lengths and batches stay random across
-    mega-batches. The longest batch goes first, so an out-of-memory shows at step 0 (as transformers)."""
-    perm = torch.randperm(len(lengths), generator=generator).tolist()
-    size = mega_batch_mult * batch_size
-    order = []
-    for start in range(0, len(perm), size):
-        order += sorted(perm[start : start + size], key=lambda i: lengths[i], reverse=True)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
-    batches[0], batches[longest] = batches[longest], batches[0]
-    return [i for batch in batches for i in batch]
+def length_grouped_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[int]:
+    """transformers' ``get_length_grouped_indices`` (what the Trainer's ``group_by_length`` uses): a
+    random permutation cut into mega-batches of 50 batches, each sorted longest first; the
+    longest example goes first, so an out-of-memory shows at step 0."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    # 50 batches per mega-batch, as the Trainer uses on any set of 6,400 rows or more (it shrinks it
+    # for small sets, which pads more: 1.18x the sorted minimum instead of 1.1x on 3,000 short texts)
+    return get_length_grouped_indices(list(lengths), batch_size, mega_batch_mult=50, generator=generator)
 
 
 class LengthGroupedSampler(Sampler[int]):

@@ -135,8 +135,12 @@ def is_quantized(model: torch.nn.Module) -> bool:
 
 
 def is_int8_weight(weight: Any) -> bool:
-    """True for a torchao int8 tensor (a subclass of torch.Tensor)."""
-    return isinstance(weight, torch.Tensor) and type(weight.data) is not torch.Tensor  # a torchao subclass
+    """True for a torchao quantized tensor (``TorchAOBaseTensor``), bare or inside a Parameter."""
+    from torchao.utils import TorchAOBaseTensor
+
+    return isinstance(weight, TorchAOBaseTensor) or isinstance(
+        getattr(weight, "data", None), TorchAOBaseTensor
+    )
 
 
 def dequantized(model: torch.nn.Module) -> torch.nn.Module:
