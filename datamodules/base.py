@@ -95,6 +95,10 @@ class ClassificationDataModule(L.LightningDataModule):
             cache_dir: where tokenized splits and the demo tokenizer are cached.
         """
         super().__init__()
+        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                   ("max_length", max_length, 4), ("num_workers", num_workers, 0)):  # fmt: skip
+            if value is not None and value < least:
+                raise InputError(f"data.{name} is {value}: it must be at least {least}")
         if data_files:
             dataset = "files"
         if dataset == "files" and not data_files:

@@ -17,6 +17,21 @@ def _require_file(path: str | Path) -> Path:
     return path
 
 
+def _utf8(read):
+    """A reader whose file is not UTF-8 gets one line naming the file."""
+
+    def wrapped(path, *args, **kwargs):
+        try:
+            return read(path, *args, **kwargs)
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"{path} is not UTF-8 text (byte {e.start}: {e.reason}): convert it, e.g. iconv -t utf-8"
+            ) from None
+
+    return wrapped
+
+
+@_utf8
 def read_table(path: str | Path) -> list[dict]:
     """Rows of a ``.tsv``, ``.csv`` or ``.jsonl``/``.json`` (one object per line) file.
     TSV is read without quote handling (SST-2 sentences contain bare quotes); cells are stripped."""
@@ -52,6 +67,7 @@ def read_table(path: str | Path) -> list[dict]:
         return rows
 
 
+@_utf8
 def read_conll(path: str | Path, tag_column: int = -1) -> list[dict]:
     """Sentences of a CoNLL column file as ``{"tokens", "tags"}``: whitespace-separated columns,
     token first, tags in ``tag_column`` (e.g. -1 = last, 3 = NER in CoNLL-2003), a blank line

@@ -31,7 +31,20 @@ class SequenceClassificationDataModule(ClassificationDataModule):
                 f"{where} has no text column {self.text_column!r} (columns: {sorted(rows[0])}): "
                 "set data.text_column"
             )
-        return [{"text": row[self.text_column], "label": row.get(self.label_column)} for row in rows]
+        normalised = []
+        for number, row in enumerate(rows, 1):
+            text, label = row[self.text_column], row.get(self.label_column)
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(
+                    f"{where}: row {number} has an empty {self.text_column!r}: remove the row or fill it in"
+                )
+            if isinstance(label, float) or (isinstance(label, str) and _is_fraction(label)):
+                raise InputError(
+                    f"{where}: row {number} has the label {label!r}, a fraction: labels are class names or "
+                    "integer ids (regression is not supported): fix data.label_column"
+                )
+            normalised.append({"text": text, "label": label})
+        return normalised
 
     def read_file(self, path: str) -> list[dict]:
         return self._normalise(read_table(path), path)
@@ -63,3 +76,12 @@ class SequenceClassificationDataModule(ClassificationDataModule):
     @functools.cached_property
     def collator(self) -> DataCollatorWithPadding:
         return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
+
+
+def _is_fraction(text: str) -> bool:
+    """``"0.5"`` or ``"3.0"``: a float, not a class name or an integer id."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return not text.strip().lstrip("-").isdigit()

@@ -81,7 +81,21 @@ class TokenClassificationDataModule(ClassificationDataModule):
                 f"{where} has no tokens column {self.tokens_column!r} (columns: {sorted(rows[0])}): "
                 "set data.tokens_column"
             )
-        return [{"tokens": row[self.tokens_column], "tags": row.get(self.tags_column)} for row in rows]
+        normalised = []
+        for number, row in enumerate(rows, 1):
+            tokens, tags = row[self.tokens_column], row.get(self.tags_column)
+            if not isinstance(tokens, list) or not tokens:
+                raise InputError(
+                    f"{where}: row {number} has no {self.tokens_column!r} list: give one word per item"
+                )
+            if tags is not None and (not isinstance(tags, list) or len(tags) != len(tokens)):
+                found = len(tags) if isinstance(tags, list) else type(tags).__name__
+                raise InputError(
+                    f"{where}: row {number} has {len(tokens)} {self.tokens_column!r} but {found} "
+                    f"{self.tags_column!r}: give one tag per word"
+                )
+            normalised.append({"tokens": tokens, "tags": tags})
+        return normalised
 
     def read_file(self, path: str) -> list[dict]:
         if path.endswith((".jsonl", ".json")):

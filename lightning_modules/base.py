@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from datamodules.errors import InputError
 from datamodules.token import word_start_mask
 from lightning_modules.metrics import EntityF1
-from lightning_modules.quantize import import_torchao, load_int8_state
+from lightning_modules.quantize import load_int8_state
 from lightning_modules.resume import check_checkpoint
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -118,8 +118,7 @@ def load_classifier(
     if str(path).endswith(".ckpt"):
         if not Path(path).is_file():
             raise InputError(f"{role} checkpoint {path!r} does not exist: fix the path")
-        import_torchao()  # int8 checkpoints hold torchao tensors
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = check_checkpoint(path)  # one line for a corrupt file or pickled objects
         found = checkpoint.get("hyper_parameters", {}).get("task")
         if found != task:
             raise InputError(
@@ -230,6 +229,14 @@ class ClassificationModule(L.LightningModule):
         entity_mode: str = "strict",
     ) -> None:
         super().__init__()
+        for name, value, ok, rule in (
+            ("learning_rate", learning_rate, learning_rate > 0, "above 0, e.g. 5e-5"),
+            ("weight_decay", weight_decay, weight_decay >= 0, "0 or more"),
+            ("warmup_ratio", warmup_ratio, 0 <= warmup_ratio < 1, "in [0, 1)"),
+            ("adam_epsilon", adam_epsilon, adam_epsilon > 0, "above 0"),
+        ):
+            if not ok:
+                raise InputError(f"model.{name} is {value}: it must be {rule}")
         if not label_names:
             raise InputError(
                 "model.label_names is empty: give the labels or let the CLI read them from the data"

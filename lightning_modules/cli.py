@@ -11,6 +11,7 @@ defaults to ``model.model_name_or_path``, so each is set in one place only.
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import json
 import netrc
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -65,6 +67,15 @@ def int8_checkpoint(path: str | None) -> dict | None:
         return None
     checkpoint = check_checkpoint(path)
     return checkpoint if "quantization" in checkpoint else None
+
+
+def _enum_as_value(dumper: yaml.SafeDumper, value: enum.Enum) -> yaml.Node:
+    return dumper.represent_data(value.value)
+
+
+# Lightning callbacks with enum defaults (Timer's ``interval=Interval.step``) must survive jsonargparse's
+# YAML round trip when added from the command line (--trainer.callbacks+=...Timer)
+yaml.SafeDumper.add_multi_representer(enum.Enum, _enum_as_value)
 
 
 def wandb_mode_default() -> None:
@@ -123,7 +134,13 @@ class ShrinkCLI(LightningCLI):
                 raise
             text = report.getvalue()
             message = text[text.find("error:") + len("error:") :] if "error:" in text else text
-            print(f"error: {config_error_line(message)} (see `shrink SUBCOMMAND --help`)", file=sys.stderr)
+            line = f"{config_error_line(message)} (see `shrink SUBCOMMAND --help`)"
+            if "Problems parsing config" in message:  # not YAML: name the files given
+                words = list(self.command_line)
+                files = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--config"]
+                detail = config_error_line(message).removeprefix("Problems parsing config:").strip()
+                line = f"a --config file is not valid YAML ({detail}): fix {' or '.join(files) or 'it'}"
+            print(f"error: {line}", file=sys.stderr)
             sys.exit(2)
         sys.stderr.write(report.getvalue())
 
@@ -154,6 +171,10 @@ class ShrinkCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         data, model = config.data.init_args, config.model.init_args
         if config.get("out_dir"):
+            if os.path.exists(config.out_dir) and not os.path.isdir(config.out_dir):
+                raise InputError(
+                    f"--out_dir {config.out_dir} is a file: give a folder (it is created if missing)"
+                )
             self._place_outputs(config, config.out_dir)
         if self.subcommand == "fit" and config.get("ckpt_path"):
             self._resume_checks(config)
@@ -395,6 +416,10 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+    finally:  # one W&B run per command, also when commands run in one process (demo, tests)
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish()
 
 
 if __name__ == "__main__":

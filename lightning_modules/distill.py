@@ -103,6 +103,11 @@ class DistillationModule(ClassificationModule):
             task, label_names, learning_rate, weight_decay, warmup_ratio, adam_epsilon, entity_mode
         )
         self.save_hyperparameters()
+        if temperature <= 0 or not 0 <= alpha <= 1:
+            raise InputError(
+                f"model.temperature {temperature} / model.alpha {alpha}: the temperature must be above 0 "
+                "and alpha in [0, 1]"
+            )
         self.temperature, self.alpha = temperature, alpha
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
         self.teacher_cache, self.cache_dir = teacher_cache, Path(cache_dir).expanduser()

@@ -48,12 +48,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def check_checkpoint(path: str) -> dict[str, Any]:
     """The checkpoint at ``path``, memory-mapped (its tensors are read only when used), or one clear
     line for a file that is missing, truncated or not a checkpoint at all."""
+    if os.path.isdir(path):
+        raise InputError(f"checkpoint {path} is a folder: give a .ckpt file in it (or use 'last' / 'best')")
     if not os.path.isfile(path):
         raise InputError(f"checkpoint {path} does not exist: fix --ckpt_path (or use 'last' / 'best')")
     import_torchao()  # int8 checkpoints hold torchao tensors
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        if "Weights only load failed" in str(e):
+            raise InputError(
+                f"checkpoint {path} holds pickled Python objects, which are never loaded (weights_only): "
+                "use a checkpoint written by shrink, or re-save its state_dict with plain tensors"
+            ) from None
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise InputError(
             f"checkpoint {path} is corrupt or truncated ({reason}): pass an intact one, e.g. an earlier "

@@ -300,6 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     try:
+        for name in ("threads", "latency_samples", "long_repeats", "throughput_batches"):
+            if getattr(args, name) < 1:
+                raise InputError(
+                    f"--{name.replace('_', '-')} is {getattr(args, name)}: it must be at least 1"
+                )
         args.set = parse_overrides(args.set)
         rows = benchmark(args)
     except InputError as e:

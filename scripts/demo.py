@@ -11,18 +11,27 @@ that table, each stage's model folder, and the int8 folder classifying a sentenc
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import io
 import json
+import logging
 import os
-import subprocess
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
 
-from lightning_modules.cli import best_checkpoint_in
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # export.py and benchmark.py run in this process too
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from lightning_modules import cli  # noqa: E402
+from lightning_modules.cli import best_checkpoint_in  # noqa: E402
+
 TASKS = {"sequence": "test/accuracy", "token": "test/f1"}
 STUDENT = (
     "{model_type: bert, vocab_size: 1000, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
@@ -31,27 +40,27 @@ STUDENT = (
 
 
 def shrink(*args: str) -> None:
+    """One ``shrink`` command, in this process (no start-up per step), its output kept quiet."""
     print("$ shrink " + " ".join(args), flush=True)
-    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *args, "--trainer.enable_progress_bar", "false"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    if result.returncode != 0:
-        sys.exit(f"demo step failed:\n{result.stderr[-4000:]}")
+    quiet(cli.main, [*args, "--trainer.enable_progress_bar", "false"])
 
 
 def script(name: str, *args: str) -> None:
     print(f"$ python scripts/{name} " + " ".join(args), flush=True)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / name), *args], cwd=ROOT, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        sys.exit(f"demo step failed:\n{result.stderr[-4000:]}")
+    quiet(importlib.import_module(name.removesuffix(".py")).main, list(args))
+
+
+def quiet(main, args: list[str]) -> None:
+    """Run ``main(args)`` with its output captured; on failure print its last lines and stop."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            main(args)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            sys.exit(f"demo step failed:\n{out.getvalue()[-4000:]}")
+    except Exception:
+        sys.exit(f"demo step failed:\n{out.getvalue()[-2000:]}\n{traceback.format_exc()[-3000:]}")
 
 
 def int8_score(config: str, run_dir: Path, int8: Path, metric: str, teacher: str) -> float:
@@ -77,6 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", default="outputs/demo", help="where runs, checkpoints and metrics go")
     out = Path(parser.parse_args().out_dir).resolve()  # the steps run from the repository root
+    os.chdir(ROOT)  # the configs' relative paths
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
     rows = []
     for task, metric in TASKS.items():
         teacher_dir = out / f"{task}_finetune"
@@ -150,9 +162,9 @@ The int8 ONNX folder in transformers' pipeline (pip install optimum-onnx; it nee
   classify("{sentence}")
 The same folder from the terminal:
 $ shrink-classify {onnx} '{sentence}'""")
-    result = subprocess.run([sys.executable, "-m", "lightning_modules.classify", str(onnx), sentence],
-                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    print(result.stdout.strip() or result.stderr.strip().splitlines()[-1])
+    from lightning_modules.classify import main as classify
+
+    classify([str(onnx), sentence])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Every bad input gets one ``error:`` line naming the problem and the fix, exit status 2, and
+nothing written or overwritten (file hashes before and after). The commands run in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules import cli
+from lightning_modules.classify import main as classify_main
+from tests.conftest import ROOT
+from tests.test_deliverables import csv_only
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import benchmark  # noqa: E402
+
+
+def demo(task: str, stage: str, tmp: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(ROOT / "configs" / "demo" / f"{task}_{stage}.yaml"), "--config", csv_only(tmp),
+        "--data.init_args.max_train_samples", "64", "--data.init_args.max_eval_samples", "32",
+        "--data.init_args.cache_dir", str(tmp / "cache"), "--out_dir", str(tmp / f"{task}_{stage}"),
+        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+        *(["--model.init_args.cache_dir", str(tmp / "cache")] if stage != "finetune" else []), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A one-epoch fine-tune of each task (teachers and checkpoints for the cases), and bad files."""
+    tmp = tmp_path_factory.mktemp("bad")
+    for task in ("sequence", "token"):
+        cli.main(["fit", *demo(task, "finetune", tmp)])
+    (tmp / "latin1.tsv").write_bytes("sentence\tlabel\ncaf\xe9 au lait\t1\n".encode("latin-1"))
+    (tmp / "empty.tsv").write_text("sentence\tlabel\na fine film\t1\n \t0\n")
+    (tmp / "floats.tsv").write_text("sentence\tlabel\na fine film\t0.75\nawful\t0.1\n")
+    rows = [{"tokens": ["Anna", "flew", "home"], "tags": ["B-PER", "O"]}]
+    (tmp / "mismatch.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp / "not_a_dir").write_text("a file")
+    (tmp / "not_yaml.yaml").write_text("trainer: [unclosed\n  max_epochs: : 3\n")
+    pickled = torch.load(tmp / "sequence_finetune" / "checkpoints" / "last.ckpt", weights_only=False)
+    pickled["hyper_parameters"]["evil"] = Path("/etc")  # an arbitrary Python object
+    torch.save(pickled, tmp / "pickled.ckpt")
+    return tmp
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "cache" not in p.parts and "csv" not in p.parts
+    }
+
+
+def cases(tmp: Path) -> dict[str, tuple]:
+    seq, tok = "sequence", "token"
+    teacher = str(tmp / "sequence_finetune" / "checkpoints" / "last.ckpt")
+    token_ckpt = str(tmp / "token_finetune" / "checkpoints" / "last.ckpt")
+    files = lambda train: ["--data.init_args.data_files", f"{{train: {train}, validation: {train}}}"]  # noqa: E731
+    distill = lambda *extra: ("fit", demo(seq, "distill", tmp, "--model.init_args.teacher", teacher, *extra))  # noqa: E731
+    return {
+        # the issue's ten
+        "model.learning_rate is -1": ("fit", demo(seq, "finetune", tmp, "--model.init_args.learning_rate", "-1")),
+        "data.batch_size is 0": ("fit", demo(seq, "finetune", tmp, "--data.init_args.batch_size", "0")),
+        "is not UTF-8": ("fit", demo(seq, "finetune", tmp, *files(tmp / "latin1.tsv"))),
+        "has 3 'tokens' but 2 'tags'": ("fit", demo(tok, "finetune", tmp, *files(tmp / "mismatch.jsonl"))),
+        "is a file: give a folder": ("fit", demo(seq, "finetune", tmp, "--out_dir", str(tmp / "not_a_dir"))),
+        "--threads is 0": ("benchmark", ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"), "--out",
+                                         str(tmp / "bench"), "--threads", "0", "--model", f"t={teacher}"]),
+        "pickled Python objects": distill()[:1] + (demo(seq, "distill", tmp, "--model.init_args.teacher",
+                                                        str(tmp / "pickled.ckpt")),),
+        "data.max_length is 0": ("fit", demo(seq, "finetune", tmp, "--data.init_args.max_length", "0")),
+        "row 2 has an empty 'sentence'": ("fit", demo(seq, "finetune", tmp, *files(tmp / "empty.tsv"),
+                                                      "--data.init_args.text_column", "sentence")),
+        "is a folder: give a .ckpt file": ("fit", demo(seq, "finetune", tmp, "--ckpt_path", str(tmp))),
+        # ten more
+        "names a layer that does not exist": distill("--model.init_args.hidden_weight", "1",
+                                                     "--model.init_args.layer_map", "{1: 9}"),
+        "names layers outside": distill("--model.init_args.student_config", "null",
+                                        "--model.init_args.student_layers", "[0, 5]"),
+        "teacher labels ['negative', 'positive'] differ": distill("--data.init_args.label_names",
+                                                                   "[positive, negative]"),
+        "is a token-classification model but the data is sequence": ("fit", demo(
+            seq, "distill", tmp, "--model.init_args.teacher", token_ckpt)),
+        "not_yaml.yaml": ("fit", ["--config", str(tmp / "not_yaml.yaml")]),
+        "a fraction": ("fit", demo(seq, "finetune", tmp, *files(tmp / "floats.tsv"),
+                                   "--data.init_args.text_column", "sentence")),
+        "the temperature must be above 0": distill("--model.init_args.temperature", "0"),
+        "model.warmup_ratio is 1.5": ("fit", demo(seq, "finetune", tmp, "--model.init_args.warmup_ratio", "1.5")),
+        "data.num_workers is -1": ("fit", demo(seq, "finetune", tmp, "--data.init_args.num_workers", "-1")),
+        "input 2 is empty": ("classify", [str(tmp / "sequence_finetune" / "model"), "fine", " "]),
+    }  # fmt: skip
+
+
+def run(kind: str, args: list[str]) -> int:
+    main = {"benchmark": benchmark.main, "classify": classify_main}.get(kind)
+    try:
+        main(args) if main else cli.main([kind, *args])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def test_every_bad_input_is_one_line_exit_2_and_nothing_written(runs, capsys):
+    table = []
+    for expected, (kind, args) in cases(runs).items():
+        before = hashes(runs)
+        code = run(kind, args)
+        err = capsys.readouterr().err.strip().splitlines()
+        last = err[-1] if err else ""
+        table.append((expected, code, last))
+        assert code == 2 and last.startswith("error:") and expected in last, (expected, code, err[-5:])
+        assert "Traceback" not in "\n".join(err), expected
+        assert hashes(runs) == before, f"{expected}: files changed"
+    print("\n".join(f"| {e} | {c} | {line} |" for e, c, line in table), file=sys.__stdout__)
+
+
+def test_a_standard_lightning_callback_from_the_command_line(runs):
+    """Timer's enum default (interval=Interval.step) once broke the saved config with a traceback."""
+    args = demo("sequence", "finetune", runs, "--out_dir", str(runs / "timer"))
+    cli.main(["fit", *args, "--trainer.callbacks+=lightning.pytorch.callbacks.Timer"])
+    config = (runs / "timer" / "config.yaml").read_text()
+    assert "lightning.pytorch.callbacks.Timer" in config and "interval: step" in config
+    assert (runs / "timer" / "model" / "model.safetensors").is_file()
