@@ -402,6 +402,7 @@ def main(args: list[str] | None = None) -> None:
             auto_configure_optimizers=False,
         )
     except SIGTERMException as e:  # preempted: ResumeCheckpoint wrote the checkpoint
+        finish_wandb()
         where = getattr(e, "checkpoint", None)
         print(
             f"preempted: checkpoint written to {where}; rerun with --ckpt_path last to resume",
@@ -409,6 +410,7 @@ def main(args: list[str] | None = None) -> None:
         )
         sys.exit(128 + signal.SIGTERM)  # "terminated": schedulers requeue rather than mark it done
     except Exception as e:  # noqa: BLE001 - only input errors are turned into one line
+        finish_wandb()
         cause = input_error_in(e)
         if cause is None and isinstance(e, MisconfigurationException):
             cause = str(e).strip().splitlines()[0]
@@ -416,10 +418,15 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
-    finally:  # one W&B run per command, also when commands run in one process (demo, tests)
-        wandb = sys.modules.get("wandb")
-        if wandb is not None and getattr(wandb, "run", None) is not None:
-            wandb.finish()
+    finish_wandb()
+
+
+def finish_wandb() -> None:
+    """One W&B run per command, also when commands run in one process (demo, tests); before the
+    command's last line, which stays last."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 if __name__ == "__main__":
