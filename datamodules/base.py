@@ -89,7 +89,8 @@ class ClassificationDataModule(L.LightningDataModule):
             eval_batch_size: batch size for validate/test/predict (default: ``batch_size``).
             group_by_length: draw training batches of similar length (as transformers' Trainer
                 ``group_by_length``): still random, much less padding, so faster steps on short texts.
-            num_workers: DataLoader worker processes.
+            num_workers: worker processes of the validation / test / predict loaders (the training
+                loader runs in the main process, which keeps its saved position exact on resume).
             validation_split / test_split / predict_split: which split each stage reads.
             max_train_samples / max_eval_samples: keep only the first N rows (quick runs).
             cache_dir: where tokenized splits and the demo tokenizer are cached.
@@ -414,7 +415,6 @@ def datamodule_from_config(
     how export and benchmark scripts read the same data as training. The section is parsed by
     jsonargparse as ``shrink`` parses it, so a short ``class_path`` works the same."""
     import yaml
-    from jsonargparse import ArgumentParser
 
     if not Path(config).is_file():
         raise InputError(f"data config {config} does not exist: pass a YAML such as configs/sst2/qat.yaml")
@@ -424,6 +424,22 @@ def datamodule_from_config(
         reason = str(e).splitlines()[0]
         raise InputError(f"{config} is not a readable YAML file ({reason}): pass a run config") from None
     section = values.get("data") if isinstance(values, dict) else None
+    if isinstance(section, str):  # a recipe naming its data file, relative to the recipe
+        return datamodule_from_config_section(Path(config).parent / section, overrides, config)
+    return datamodule_from_config_section(section, overrides, config)
+
+
+def datamodule_from_config_section(
+    section: Any, overrides: dict[str, Any] | None, config: str | Path
+) -> ClassificationDataModule:
+    """The DataModule of a ``data:`` section (a dict, or the path of a file holding one)."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    if isinstance(section, Path):
+        if not section.is_file():
+            raise InputError(f"{config} names the data file {section}, which does not exist: fix the path")
+        section = yaml.safe_load(section.read_text(encoding="utf-8"))
     if not isinstance(section, dict) or "class_path" not in section:
         raise InputError(f"{config} has no data: section with a class_path: pass a run config")
     section = {**section, "init_args": {**(section.get("init_args") or {}), **(overrides or {})}}

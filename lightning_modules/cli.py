@@ -260,6 +260,8 @@ class ShrinkCLI(LightningCLI):
                 ".",
             ):
                 item.init_args.save_dir = out_dir
+            if getattr(item, "class_path", "").endswith("WandbLogger") and not item.init_args.get("name"):
+                item.init_args.name = Path(out_dir).name  # the recipes share one logger file
         for callback in trainer.get("callbacks") or []:
             args = callback.init_args
             if callback.class_path.endswith("ModelCheckpoint") and not args.get("dirpath"):

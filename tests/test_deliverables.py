@@ -234,6 +234,7 @@ def test_scripts_read_a_data_section_as_shrink_does(tmp_path):
     from datamodules import InputError, datamodule_from_config
 
     values = yaml.safe_load((ROOT / "configs" / "demo" / "token_qat.yaml").read_text())
+    values["data"] = yaml.safe_load((ROOT / "configs" / "demo" / values["data"]).read_text())  # inline
     values["data"]["class_path"] = "TokenClassificationDataModule"
     path = tmp_path / "short.yaml"
     path.write_text(yaml.safe_dump(values))

@@ -22,7 +22,11 @@ def config(stage: str, tmp: Path) -> str:
     """The demo config of ``stage`` with last.ckpt every 3 steps instead of 50."""
     path = tmp / f"sequence_{stage}.yaml"
     if not path.exists():
-        values = yaml.safe_load((ROOT / "configs" / "demo" / f"sequence_{stage}.yaml").read_text())
+        source = ROOT / "configs" / "demo" / f"sequence_{stage}.yaml"
+        values = yaml.safe_load(source.read_text())
+        for key in ("callbacks", "logger"):  # the shared files the recipe names, inlined
+            values["trainer"][key] = yaml.safe_load((source.parent / values["trainer"][key]).read_text())
+        values["data"] = yaml.safe_load((source.parent / values["data"]).read_text())
         for callback in values["trainer"]["callbacks"]:
             if callback["class_path"].endswith("ResumeCheckpoint"):
                 callback["init_args"]["every_n_train_steps"] = 3

@@ -1,0 +1,34 @@
+"""Every shipped recipe parses into a full config with one command: the shared callback, logger and
+data files it names are composed in (jsonargparse resolves them relative to the recipe)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lightning_modules import cli
+from tests.conftest import ROOT
+
+RECIPES = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if p.stem in ("finetune", "distill", "qat")
+                 or p.stem.endswith(("_finetune", "_distill", "_qat")))  # fmt: skip
+
+
+def test_twelve_recipes():
+    assert len(RECIPES) == 12
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_recipe_resolves_to_a_full_config(recipe, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"]]
+    assert callbacks == ["ModelCheckpoint", "LearningRateMonitor", "ResumeCheckpoint", "ThroughputLogger",
+                         "PredictionWriter"]  # fmt: skip
+    monitor = config["trainer"]["callbacks"][0]["init_args"]["monitor"]
+    token = "token" in recipe.stem or recipe.parent.name == "conll2003"
+    assert monitor == ("val/f1" if token else "val/accuracy")
+    assert config["trainer"]["logger"]["class_path"].endswith("WandbLogger")
+    assert config["data"]["class_path"].endswith("TokenClassificationDataModule" if token else
+                                                  "SequenceClassificationDataModule")  # fmt: skip
