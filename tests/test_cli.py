@@ -145,14 +145,7 @@ def test_bad_input_is_one_line_nonzero_and_overwrites_nothing(tmp_path, case):
 def test_readme_commands_are_the_ci_commands():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    test_command = [line for line in readme.splitlines() if "pytest" in line][0].strip()
-    assert test_command in ci
-
-
-@pytest.mark.parametrize(
-    "config", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
-)
-def test_every_config_parses(config, tmp_path):
-    result = run_cli("fit", "--config", str(ROOT / config), "--print_config", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "class_path: lightning_modules." in result.stdout
+    test_command = [
+        line for line in readme.splitlines() if line.startswith("pip install") and "pytest" in line
+    ]
+    assert len(test_command) == 1 and test_command[0].strip() in ci

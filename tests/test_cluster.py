@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, tiny_args
+from tests.conftest import ROOT, run_cli, run_cli_process, tiny_args
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_ddp_validation_equals_single_process(tmp_path):
     }.items():
         args = tiny_args("token", tmp_path, "--out_dir", str(tmp_path / name), *extra)
         # 64 rows = 2 ranks x 1 batch of 32: no sampler padding, so both runs score the same rows
-        result = run_cli("validate", *args, "--ckpt_path", ckpt, cwd=tmp_path, timeout=300)
+        result = run_cli_process("validate", *args, "--ckpt_path", ckpt, cwd=tmp_path, timeout=300)  # DDP
         assert result.returncode == 0, result.stderr[-3000:]
         scores[name] = json.loads((tmp_path / name / "validate_metrics.json").read_text())
     assert scores["ddp"].keys() == scores["single"].keys()

@@ -4,7 +4,7 @@ inside the pytest process."""
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_cli_process
 
 
 @pytest.mark.slow
@@ -51,7 +51,7 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
         "true",
         *small,
     ]
-    result = run_cli("fit", *args, cwd=tmp_path, timeout=300)
+    result = run_cli_process("fit", *args, cwd=tmp_path, timeout=300)  # DDP: never in the pytest process
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 1  # built once, by rank 0
     assert (tmp_path / "student" / "checkpoints" / "last.ckpt").exists()

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
-from tests.conftest import ENV, ROOT, run_cli
+from tests.conftest import ENV, ROOT, run_cli, run_cli_process
 
 
 def config(stage: str, tmp: Path) -> str:
@@ -153,7 +153,7 @@ def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninter
     stage, task, recipe_teachers, tmp_path
 ):
     extra = stage_extra(stage, recipe_teachers[task], tmp_path)
-    whole = run_cli("fit", *recipe_args(stage, task, tmp_path, "whole", *extra), cwd=tmp_path)
+    whole = run_cli_process("fit", *recipe_args(stage, task, tmp_path, "whole", *extra), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
@@ -182,7 +182,7 @@ def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninter
 def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage, kill_at, grouped, tmp_path):
     # grouped: length-grouped batches (data.group_by_length), whose order must resume exactly too
     extra = ["--data.init_args.group_by_length", "true"] if grouped else []
-    whole = run_cli("fit", *args(stage, tmp_path, "whole", *extra), cwd=tmp_path)
+    whole = run_cli_process("fit", *args(stage, tmp_path, "whole", *extra), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
@@ -192,7 +192,9 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage,
     process.wait(timeout=60)
     stopped_at = step_of(last)
     assert 0 < stopped_at < 20
-    resumed = run_cli("fit", *args(stage, tmp_path, "killed", *extra), "--ckpt_path", "last", cwd=tmp_path)
+    resumed = run_cli_process(
+        "fit", *args(stage, tmp_path, "killed", *extra), "--ckpt_path", "last", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
 
@@ -201,7 +203,7 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage,
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signal_writes_a_checkpoint_and_the_next_run_resumes(signum, tmp_path):
     """The shipped recipe, preempted right after its step-50 checkpoint (mid-epoch)."""
-    whole = run_cli("fit", *recipe_args("finetune", "sequence", tmp_path, "whole"), cwd=tmp_path)
+    whole = run_cli_process("fit", *recipe_args("finetune", "sequence", tmp_path, "whole"), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     process = start(*recipe_args("finetune", "sequence", tmp_path, "run"), cwd=tmp_path)
@@ -212,7 +214,7 @@ def test_preemption_signal_writes_a_checkpoint_and_the_next_run_resumes(signum, 
     assert stderr.strip().splitlines()[-1].startswith("preempted: checkpoint written to")
     stopped_at = step_of(last)
     assert 50 <= stopped_at < RECIPE_STEPS - 10  # more than a throughput window left to train
-    resumed = run_cli(
+    resumed = run_cli_process(
         "fit", *recipe_args("finetune", "sequence", tmp_path, "run"), "--ckpt_path", "last", cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
