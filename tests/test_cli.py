@@ -38,7 +38,9 @@ def test_fit_resume_test_predict(tmp_path, task, metric):
     steps = len(losses)
     assert steps == 3 * 63  # 3 epochs x 2000 rows / batch 32 (the sentiment loss plateaus ~100 steps)
     assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8, losses  # the loss falls
-    assert len(logged(tmp_path, metric)) == 3  # validated each epoch
+    scores = logged(tmp_path, metric)
+    # validated each epoch, then once more: the best weights, which go into the model/ folder
+    assert len(scores) == 4 and scores[-1] == pytest.approx(max(scores[:3]), abs=1e-6)
     assert logged(tmp_path, "train/device/items_per_sec")[-1] > 0  # non-padding tokens/s
     assert logged(tmp_path, "lr-AdamW/pg1")  # LearningRateMonitor (param group with weight decay)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
