@@ -65,6 +65,19 @@ def checkpoint_tokenizer(checkpoint: dict[str, Any], cache_dir: str | Path = "~/
     return checkpoint.get("hf_config", {}).get("shrink_tokenizer")
 
 
+def save_tokenizer(tokenizer: Any, folder: str | Path) -> None:
+    """``tokenizer.save_pretrained(folder)``, loadable by transformers 4 as well: transformers 5 names
+    a plain fast tokenizer ``TokenizersBackend``, a class 4.x (and optimum, which needs it) lacks;
+    ``PreTrainedTokenizerFast`` names the same class in both."""
+    tokenizer.save_pretrained(folder)
+    config = Path(folder) / "tokenizer_config.json"
+    if config.is_file():
+        values = json.loads(config.read_text())
+        if values.get("tokenizer_class") == "TokenizersBackend":
+            values["tokenizer_class"] = "PreTrainedTokenizerFast"
+            config.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n")
+
+
 # --- one loader for .ckpt files and model folders ----------------------------------------------------
 @dataclass
 class TrainedModel:
@@ -176,7 +189,7 @@ def write_model_folder(
             state = {f"model.{k}": v for k, v in model.state_dict().items()}
             torch.save({"quantization": dict(quantization), "state_dict": state}, tmp / INT8_FILE)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
 
     return replace_folder(build, folder)

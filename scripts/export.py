@@ -40,7 +40,13 @@ from lightning_modules.export import (  # noqa: E402
     parity,
     pytorch_logits,
 )
-from lightning_modules.model_folder import CARD_NAME, load_trained, model_card, replace_folder  # noqa: E402
+from lightning_modules.model_folder import (  # noqa: E402
+    CARD_NAME,
+    load_trained,
+    model_card,
+    replace_folder,
+    save_tokenizer,
+)
 from lightning_modules.qat import QATModule  # noqa: E402
 from lightning_modules.quantize import SCHEME, convert_to_int8, save_int8_checkpoint  # noqa: E402
 
@@ -81,7 +87,7 @@ def onnx_command(args: argparse.Namespace) -> None:
             )
         model.config.architectures = [type(model).__name__]
         model.config.save_pretrained(tmp)  # labels and architecture: what optimum's ORTModel reads
-        data.tokenizer.save_pretrained(tmp)
+        save_tokenizer(data.tokenizer, tmp)
         (tmp / "parity.json").write_text(json.dumps(report, indent=1))
         card = onnx_card(model, task, report, trained.quantization, out.name, tmp / ONNX_FILE)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
