@@ -228,6 +228,17 @@ class ClassificationModule(L.LightningModule):
         adam_epsilon: float = 1e-8,
         entity_mode: str = "strict",
     ) -> None:
+        """The arguments every stage shares (each stage passes them on as ``**kwargs``).
+
+        Args:
+            task: ``sequence`` or ``token``; the CLI links it from the DataModule.
+            label_names: labels in id order; the CLI links them from the DataModule.
+            learning_rate: peak AdamW learning rate, reached after warmup.
+            weight_decay: AdamW decay, not applied to biases and LayerNorm weights.
+            warmup_ratio: fraction of all training steps spent warming up linearly; then linear decay to 0.
+            adam_epsilon: AdamW epsilon.
+            entity_mode: NER entity matching, ``strict`` (IOB2, seqeval strict) or ``conlleval``.
+        """
         super().__init__()
         for name, value, ok, rule in (
             ("learning_rate", learning_rate, learning_rate > 0, "above 0, e.g. 5e-5"),

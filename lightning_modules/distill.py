@@ -60,8 +60,6 @@ class DistillationModule(ClassificationModule):
         student_model_name_or_path: str | None = None,
         student_config: dict[str, Any] | None = None,
         student_layers: list[int] | None = None,
-        task: str = "sequence",
-        label_names: list[str] | None = None,
         temperature: float = 2.0,
         alpha: float = 0.5,
         hidden_weight: float = 0.0,
@@ -69,13 +67,9 @@ class DistillationModule(ClassificationModule):
         layer_map: dict[int, int] | None = None,
         teacher_cache: bool = False,
         cache_dir: str = "~/.cache/shrink",
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.06,
-        adam_epsilon: float = 1e-8,
-        entity_mode: str = "strict",
         trust_remote_code: bool = False,
         save_teacher: bool = False,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -95,13 +89,13 @@ class DistillationModule(ClassificationModule):
             teacher_cache: compute teacher logits once per training split and reuse them from disk
                 (keyed by a hash of teacher weights, tokenizer, data and preprocessing).
             cache_dir: where the teacher cache lives.
-            learning_rate, weight_decay, warmup_ratio, adam_epsilon, entity_mode: as in fine-tuning.
             trust_remote_code: allow model code from the hub.
             save_teacher: also store the teacher's weights in checkpoints (off: students stay small).
+            **kwargs: task, labels, optimizer and metric arguments of ``ClassificationModule``
+                (``learning_rate``, ``weight_decay``, ``warmup_ratio``, ``adam_epsilon``, ``entity_mode``).
         """
-        super().__init__(
-            task, label_names, learning_rate, weight_decay, warmup_ratio, adam_epsilon, entity_mode
-        )
+        super().__init__(**kwargs)
+        task = self.task
         self.save_hyperparameters()
         if temperature <= 0 or not 0 <= alpha <= 1:
             raise InputError(

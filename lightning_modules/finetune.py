@@ -14,35 +14,22 @@ class FineTuneModule(ClassificationModule):
         self,
         model_name_or_path: str | None = None,
         model_config: dict[str, Any] | None = None,
-        task: str = "sequence",
-        label_names: list[str] | None = None,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.06,
-        adam_epsilon: float = 1e-8,
-        entity_mode: str = "strict",
         trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
             model_name_or_path: hub name (``bert-base-uncased``) or local folder of a pretrained encoder.
             model_config: instead of a pretrained model, a from-scratch config, e.g.
                 ``{model_type: bert, hidden_size: 128, num_hidden_layers: 2, ...}`` (demo, tests).
-            task: ``sequence`` or ``token``; the CLI links it from the DataModule.
-            label_names: labels in id order; the CLI links them from the DataModule.
-            learning_rate: peak AdamW learning rate, reached after warmup.
-            weight_decay: AdamW decay, not applied to biases and LayerNorm weights.
-            warmup_ratio: fraction of all training steps spent warming up linearly; then linear decay to 0.
-            adam_epsilon: AdamW epsilon.
-            entity_mode: NER entity matching, ``strict`` (IOB2, seqeval strict) or ``conlleval``.
             trust_remote_code: allow model code from the hub; off unless you trust the repository.
+            **kwargs: task, labels, optimizer and metric arguments of ``ClassificationModule``
+                (``learning_rate``, ``weight_decay``, ``warmup_ratio``, ``adam_epsilon``, ``entity_mode``).
         """
-        super().__init__(
-            task, label_names, learning_rate, weight_decay, warmup_ratio, adam_epsilon, entity_mode
-        )
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.model = build_classifier(
-            task, self.label_names, model_name_or_path, model_config, trust_remote_code
+            self.task, self.label_names, model_name_or_path, model_config, trust_remote_code
         )
 
     def on_fit_start(self) -> None:

@@ -36,21 +36,11 @@ class QATModule(DistillationModule):
         self,
         model_name_or_path: str,
         teacher: str | None = None,
-        task: str = "sequence",
-        label_names: list[str] | None = None,
         quantize_embeddings: bool = True,
         quantize_head: bool = False,
-        temperature: float = 2.0,
-        alpha: float = 0.5,
-        teacher_cache: bool = False,
-        cache_dir: str = "~/.cache/shrink",
         learning_rate: float = 2e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.06,
-        adam_epsilon: float = 1e-8,
-        entity_mode: str = "strict",
-        trust_remote_code: bool = False,
         int8_path: str | None = None,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -60,26 +50,17 @@ class QATModule(DistillationModule):
             quantize_embeddings: int8 per-row word embeddings (half of a MiniLM's bytes).
             quantize_head: also int8 the pooler / classifier Linear layers (off: they are tiny and
                 the logits are most sensitive there).
-            temperature, alpha, teacher_cache, cache_dir: as in distillation; used with a teacher.
             learning_rate: QAT fine-tunes an already trained model: a small rate (1e-5 .. 5e-5).
-            weight_decay, warmup_ratio, adam_epsilon, entity_mode, trust_remote_code: as in fine-tuning.
             int8_path: where the converted int8 model goes (default: ``int8.ckpt`` in the run folder).
+            **kwargs: the distillation arguments used with a teacher (``temperature``, ``alpha``,
+                ``teacher_cache``, ``cache_dir``, ...) and the shared ones of ``ClassificationModule``
+                (``weight_decay``, ``warmup_ratio``, ``adam_epsilon``, ``entity_mode``, ...).
         """
         super().__init__(
             teacher=teacher,
             student_model_name_or_path=model_name_or_path,
-            task=task,
-            label_names=label_names,
-            temperature=temperature,
-            alpha=alpha,
-            teacher_cache=teacher_cache,
-            cache_dir=cache_dir,
             learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_ratio=warmup_ratio,
-            adam_epsilon=adam_epsilon,
-            entity_mode=entity_mode,
-            trust_remote_code=trust_remote_code,
+            **kwargs,
         )
         self.save_hyperparameters()
         self.quantization = {"scheme": SCHEME, "embeddings": quantize_embeddings, "head": quantize_head}

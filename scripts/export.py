@@ -187,7 +187,8 @@ def ptq_command(args: argparse.Namespace) -> None:
         "method": "ptq",
     }
     # `shrink validate/test/predict --ckpt_path` rebuild the model class from these hyper-parameters
-    accepted = inspect.signature(QATModule.__init__).parameters
+    accepted = {name for cls in QATModule.__mro__ if "__init__" in vars(cls)  # with the **kwargs it passes on
+                for name in inspect.signature(cls.__init__).parameters}  # fmt: skip
     hparams = {k: v for k, v in source.items() if k in accepted and k != "teacher"}
     hparams.update(_class_path="lightning_modules.QATModule", model_name_or_path=args.model)
     save_int8_checkpoint(
