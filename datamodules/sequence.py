@@ -75,7 +75,7 @@ class SequenceClassificationDataModule(ClassificationDataModule):
 
     @functools.cached_property
     def collator(self) -> DataCollatorWithPadding:
-        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
+        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
 
 
 def _is_fraction(text: str) -> bool:

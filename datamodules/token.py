@@ -132,4 +132,4 @@ class TokenClassificationDataModule(ClassificationDataModule):
 
     @functools.cached_property
     def collator(self) -> DataCollatorForTokenClassification:
-        return DataCollatorForTokenClassification(self.tokenizer, pad_to_multiple_of=8)
+        return DataCollatorForTokenClassification(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
