@@ -1,0 +1,212 @@
+"""shrink vs transformers' Trainer on the same work, side by side (benchmark, not CI):
+
+    python scripts/bench_vs_trainer.py --model ~/.cache/offline-models/all-MiniLM-L6-v2 \\
+        --task sequence --train DATA/sst2/train.tsv --dev DATA/sst2/dev.tsv --rows 256 1536 --reps 2
+    python scripts/bench_vs_trainer.py --model ... --task token --train DATA/conll2003/train.txt \\
+        --dev DATA/conll2003/valid.txt --grouped
+
+Same model, first N training rows, batch size, max_length, precision, AdamW (lr, weight decay, eps),
+linear schedule with the same warmup, dynamic padding, and random or length-grouped batches, 1 epoch.
+Each run is a fresh process: ``shrink fit`` with the shipped recipe (configs/sst2 or configs/conll2003,
+all its callbacks, W&B offline) and a plain Trainer script with the defaults a user gets. The
+training loop is timed the same way in both (Lightning's Timer callback / ``train_runtime``, both
+from the first to the last training step, no validation inside); process start-up and model load are
+reported apart. Seconds per extra row are the slope between the two row counts, so fixed costs
+cancel. Then both score the dev split (accuracy or entity F1), so a speed-up that changes learning
+shows. Runs are interleaved (shrink, Trainer, shrink, ...) so machine noise hits both alike.
+Writes bench_vs_trainer.md / .json under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAINER = r"""
+import json, sys, time
+start = time.perf_counter()
+import numpy as np, torch
+from datasets import Dataset
+from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
+    DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments)
+sys.path.insert(0, sys.argv[2])
+from datamodules.readers import read_conll, read_table  # the same rows shrink reads
+a = json.loads(sys.argv[1])
+tok = AutoTokenizer.from_pretrained(a["model"])
+if a["task"] == "sequence":
+    def rows(path, n=None):
+        r = read_table(path)[:n]
+        return [x["sentence"] for x in r], [int(x["label"]) for x in r]
+    texts, labels = rows(a["train"], a["rows"])
+    def encode(texts, labels):
+        e = tok(texts, truncation=True, max_length=a["max_length"])
+        return Dataset.from_dict({**e, "labels": labels})
+    names = ["negative", "positive"]
+    auto, collator = AutoModelForSequenceClassification, DataCollatorWithPadding(tok)
+else:
+    def rows(path, n=None):
+        r = read_conll(path, 3)[:n]
+        return [x["tokens"] for x in r], [x["tags"] for x in r]
+    texts, tags = rows(a["train"], a["rows"])
+    names = ["O"] + sorted({t for s in tags for t in s} - {"O"})
+    ids = {n: i for i, n in enumerate(names)}
+    def encode(texts, tags):
+        e = tok(texts, is_split_into_words=True, truncation=True, max_length=a["max_length"])
+        labels = []
+        for i, t in enumerate(tags):
+            previous, row = None, []
+            for w in e.word_ids(i):
+                row.append(-100 if w is None or w == previous else ids[t[w]])
+                previous = w
+            labels.append(row)
+        return Dataset.from_dict({**e, "labels": labels})
+    labels = tags
+    auto, collator = AutoModelForTokenClassification, DataCollatorForTokenClassification(tok)
+train = encode(texts, labels)
+model = auto.from_pretrained(a["model"], num_labels=len(names), id2label=dict(enumerate(names)),
+                             label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)
+loaded = time.perf_counter() - start
+args = TrainingArguments(output_dir=a["out"], per_device_train_batch_size=a["batch_size"], learning_rate=a["lr"],
+    weight_decay=0.01, warmup_ratio=a["warmup_ratio"], adam_epsilon=1e-8, num_train_epochs=1, lr_scheduler_type="linear",
+    group_by_length=a["grouped"], bf16=a["precision"] == "bf16-mixed", save_strategy="no", eval_strategy="no",
+    report_to=[], logging_steps=50, seed=42, disable_tqdm=True, dataloader_num_workers=0)
+trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+out = trainer.train()
+dev_texts, dev_labels = rows(a["dev"])
+pred = trainer.predict(encode(dev_texts, dev_labels))
+if a["task"] == "sequence":
+    metric = float((pred.predictions.argmax(-1) == np.array(dev_labels)).mean())
+else:
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+    p, l = pred.predictions.argmax(-1), pred.label_ids
+    y_true = [[names[x] for x, m in zip(lr, lr) if m != -100] for lr in l]
+    y_pred = [[names[x] for x, m in zip(pr, lr) if m != -100] for pr, lr in zip(p, l)]
+    metric = float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2))
+print(json.dumps({"train_s": out.metrics["train_runtime"], "startup_s": loaded, "metric": metric}))
+"""
+
+
+def run_shrink(args, rows: int, out: Path) -> dict:
+    config = ROOT / "configs" / ("sst2" if args.task == "sequence" else "conll2003") / "finetune.yaml"
+    files = f"{{train: {args.train}, validation: {args.dev}}}"
+    cli = [
+        sys.executable, str(ROOT / "scripts" / "train.py"), "fit", "--config", str(config),
+        "--model.init_args.model_name_or_path", args.model, "--model.init_args.learning_rate", str(args.lr),
+        "--model.init_args.warmup_ratio", str(args.warmup_ratio),
+        "--data.init_args.data_files", files, "--data.init_args.max_train_samples", str(rows),
+        "--data.init_args.batch_size", str(args.batch_size), "--data.init_args.max_length", str(args.max_length),
+        "--data.init_args.group_by_length", str(args.grouped).lower(), "--data.init_args.cache_dir", str(out / "cache"),
+        "--trainer.max_epochs", "1", "--trainer.precision", args.precision, "--trainer.val_check_interval", "1.0",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.Timer", "--out_dir", str(out / "run"),
+    ]  # fmt: skip
+    if args.task == "token":
+        cli += ["--data.init_args.tag_column", "3"]
+    started = time.perf_counter()
+    result = subprocess.run(cli, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="offline"))
+    total = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"shrink failed:\n{result.stderr[-3000:]}")
+    import torch
+
+    checkpoint = torch.load(out / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    timer = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("Timer"))
+    card = (out / "run" / "model" / "README.md").read_text()
+    key = "val/accuracy" if args.task == "sequence" else "val/f1"
+    metric = float(card.split(f"| {key} | ")[1].split(" |")[0]) if f"| {key} | " in card else float("nan")
+    train = timer["time_elapsed"]["train"]
+    return {"train_s": train, "other_s": total - train, "metric": metric}
+
+
+def run_trainer(args, rows: int, out: Path) -> dict:
+    spec = {**vars(args), "rows": rows, "out": str(out / "hf")}
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", TRAINER, json.dumps(spec), str(ROOT)], capture_output=True,
+                            text=True, env=dict(os.environ, WANDB_MODE="disabled"))  # fmt: skip
+    total = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"Trainer failed:\n{result.stderr[-3000:]}")
+    values = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"train_s": values["train_s"], "other_s": total - values["train_s"], "metric": values["metric"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="pretrained encoder folder (or hub name)")
+    parser.add_argument("--task", choices=["sequence", "token"], default="sequence")
+    parser.add_argument("--train", required=True, help="SST-2 train.tsv or CoNLL-2003 train.txt")
+    parser.add_argument("--dev", required=True, help="SST-2 dev.tsv or CoNLL-2003 valid.txt")
+    parser.add_argument("--rows", type=int, nargs=2, default=[256, 1536], help="two training sizes")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--warmup-ratio", type=float, default=0.06)
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
+    parser.add_argument("--grouped", action="store_true", help="length-grouped batches in both")
+    parser.add_argument("--out", default="results/bench_vs_trainer")
+    args = parser.parse_args(argv)
+    runs = {tool: {n: [] for n in args.rows} for tool in ("shrink", "trainer")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.reps):
+            for rows in args.rows:
+                for tool, run in (("shrink", run_shrink), ("trainer", run_trainer)):
+                    result = run(args, rows, Path(tmp) / f"{tool}-{rows}-{rep}")
+                    runs[tool][rows].append(result)
+                    print(f"rep {rep} rows {rows} {tool}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    small, large = args.rows
+    summary = {}
+    for tool, by_rows in runs.items():
+        slopes = [
+            (b["train_s"] - a["train_s"]) / (large - small)
+            for a, b in zip(by_rows[small], by_rows[large], strict=True)
+        ]
+        summary[tool] = {
+            "ms_per_row": [round(1000 * s, 2) for s in slopes],
+            "ms_per_row_median": round(1000 * statistics.median(slopes), 2),
+            "other_s_median": round(
+                statistics.median(r["other_s"] for rs in by_rows.values() for r in rs), 1
+            ),
+            f"dev_metric_{large}_rows": [round(r["metric"], 4) for r in by_rows[large]],
+        }
+    speed = summary["trainer"]["ms_per_row_median"] / summary["shrink"]["ms_per_row_median"]
+    from lightning_modules.export import cpu_name
+
+    record = {"args": vars(args), "cpu": cpu_name(), "summary": summary, "shrink_speed_vs_trainer": round(speed, 2),
+              "runs": runs}  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{args.task}-{'grouped' if args.grouped else 'random'}-{args.precision}"
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    lines = [
+        f"{args.task}, {'length-grouped' if args.grouped else 'random'} batches, precision {args.precision}, "
+        f"{Path(args.model).name}, batch {args.batch_size}, rows {small} -> {large}, {args.reps} reps, {cpu_name()}",
+        "",
+        "| tool | ms per row (each rep) | median | start-up + load + eval (s) | dev metric |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {tool} | {v['ms_per_row']} | {v['ms_per_row_median']} | {v['other_s_median']} | "
+            f"{v[f'dev_metric_{large}_rows']} |"
+            for tool, v in summary.items()
+        ],
+        "",
+        f"shrink speed vs Trainer: {speed:.2f}x",
+    ]
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
