@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from datamodules.errors import InputError
 from datamodules.token import word_start_mask
 from lightning_modules.metrics import EntityF1
+from lightning_modules.model_folder import INT8_FILE
 from lightning_modules.quantize import load_int8_state
 from lightning_modules.resume import check_checkpoint
 
@@ -198,6 +199,11 @@ def build_classifier(
                 "set data.label_names to the checkpoint's order"
             )
         return model.train()
+    if (Path(model_name_or_path) / INT8_FILE).is_file():
+        raise InputError(
+            f"model {model_name_or_path} is an int8 model folder: training (QAT, fine-tuning, distillation) "
+            "needs the fp32 model it was made from"
+        )
     try:
         model = auto.from_pretrained(
             model_name_or_path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **labels

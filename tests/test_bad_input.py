@@ -43,6 +43,13 @@ def runs(tmp_path_factory) -> Path:
     (tmp / "mismatch.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp / "not_a_dir").write_text("a file")
     (tmp / "not_yaml.yaml").write_text("trainer: [unclosed\n  max_epochs: : 3\n")
+    from datamodules.demo import demo_tokenizer
+    from lightning_modules.model_folder import load_trained, write_model_folder
+    from lightning_modules.quantize import SCHEME, convert_to_int8
+
+    int8 = convert_to_int8(load_trained(str(tmp / "sequence_finetune" / "model")).model)
+    quantization = {"scheme": SCHEME, "embeddings": True, "head": False}
+    write_model_folder(int8, demo_tokenizer(tmp / "cache"), tmp / "int8_model", "card", quantization)
     pickled = torch.load(tmp / "sequence_finetune" / "checkpoints" / "last.ckpt", weights_only=False)
     pickled["hyper_parameters"]["evil"] = Path("/etc")  # an arbitrary Python object
     torch.save(pickled, tmp / "pickled.ckpt")
@@ -93,6 +100,8 @@ def cases(tmp: Path) -> dict[str, tuple]:
         "the temperature must be above 0": distill("--model.init_args.temperature", "0"),
         "model.warmup_ratio is 1.5": ("fit", demo(seq, "finetune", tmp, "--model.init_args.warmup_ratio", "1.5")),
         "data.num_workers is -1": ("fit", demo(seq, "finetune", tmp, "--data.init_args.num_workers", "-1")),
+        "is an int8 model folder": ("fit", demo(seq, "qat", tmp, "--model.init_args.model_name_or_path",
+                                                str(tmp / "int8_model"), "--model.init_args.teacher", "null")),
         "input 2 is empty": ("classify", [str(tmp / "sequence_finetune" / "model"), "fine", " "]),
     }  # fmt: skip
 
