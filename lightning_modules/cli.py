@@ -78,6 +78,16 @@ def _enum_as_value(dumper: yaml.SafeDumper, value: enum.Enum) -> yaml.Node:
 yaml.SafeDumper.add_multi_representer(enum.Enum, _enum_as_value)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (x86: avx512_bf16 or amx_bf16; ARM: bf16). Unknown
+    (no /proc/cpuinfo) counts as yes: nothing is changed where nothing is known."""
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return True
+    flags = set(path.read_text().split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def wandb_mode_default() -> None:
     """Offline W&B unless an API key is set or the machine is logged in: never a prompt or a hang."""
     if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
@@ -179,6 +189,7 @@ class ShrinkCLI(LightningCLI):
         if self.subcommand == "fit" and config.get("ckpt_path"):
             self._resume_checks(config)
         self._check_devices(config.trainer)
+        self._cpu_precision(config.trainer)
         if data.get("tokenizer") is None:
             source = model.get("model_name_or_path") or model.get("student_model_name_or_path")
             if source is not None and str(source).endswith(".ckpt") and os.path.isfile(source):
@@ -188,6 +199,21 @@ class ShrinkCLI(LightningCLI):
                     "no tokenizer: set data.tokenizer (the model gives no pretrained folder or hub name)"
                 )
             data.tokenizer = source
+
+    @staticmethod
+    def _cpu_precision(trainer) -> None:
+        """bf16 autocast on a CPU without bf16 instructions (AMD Zen 2/3, older Intel) is emulated and
+        slower than fp32: train in fp32 there, and say so."""
+        precision = str(trainer.get("precision"))
+        accelerator = str(trainer.get("accelerator") or "auto")
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        if "bf16" in precision and on_cpu and not cpu_has_bf16():
+            trainer.precision = "32-true"
+            print(
+                f"trainer.precision {precision} -> 32: this CPU has no bf16 instructions (avx512_bf16 / "
+                "amx_bf16), so bf16 would be emulated and slower than fp32",
+                file=sys.stderr,
+            )
 
     @staticmethod
     def _check_devices(trainer) -> None:

@@ -136,3 +136,15 @@ def test_a_standard_lightning_callback_from_the_command_line(runs):
     saved = [p.read_text() for p in (runs / "csv").rglob("config.yaml")]  # beside the CSV logs
     assert any("lightning.pytorch.callbacks.Timer" in c and "interval: step" in c for c in saved)
     assert (runs / "timer" / "model" / "model.safetensors").is_file()
+
+
+def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(runs, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: False)
+    args = demo(
+        "sequence", "finetune", runs, "--out_dir", str(runs / "fallback"), "--trainer.precision", "bf16-mixed"
+    )
+    cli.main(["fit", *args])
+    err = capsys.readouterr().err
+    assert "trainer.precision bf16-mixed -> 32: this CPU has no bf16 instructions" in err
+    saved = max((runs / "csv").rglob("config.yaml"), key=lambda p: p.stat().st_mtime).read_text()
+    assert "precision: 32-true" in saved and "bf16-mixed" not in saved  # what the trainer ran with
