@@ -47,7 +47,6 @@ class Classifier:
             self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
             from lightning_modules.export import input_names, pytorch_logits
 
-            torch.set_num_threads(threads)
             self.run = pytorch_logits(model, input_names(model))
         if tokenizer is None:
             raise InputError(f"model {path} records no tokenizer: use a model folder or a recent .ckpt")
@@ -151,10 +150,15 @@ def main(argv: list[str] | None = None) -> None:
         if not texts or empty:
             where = f"input {empty[0]} is empty" if empty else "no input"
             raise InputError(f"{where}: give one non-empty text per argument or per line")
-        classifier = Classifier(args.model, args.threads)
-        for start in range(0, len(texts), args.batch_size):
-            for row in classifier(texts[start : start + args.batch_size]):
-                print(json.dumps(row, ensure_ascii=False), flush=True)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(args.threads)
+            classifier = Classifier(args.model, args.threads)
+            for start in range(0, len(texts), args.batch_size):
+                for row in classifier(texts[start : start + args.batch_size]):
+                    print(json.dumps(row, ensure_ascii=False), flush=True)
+        finally:  # the caller's thread count back (when run in-process)
+            torch.set_num_threads(threads)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -306,7 +306,11 @@ def main(argv: list[str] | None = None) -> None:
                     f"--{name.replace('_', '-')} is {getattr(args, name)}: it must be at least 1"
                 )
         args.set = parse_overrides(args.set)
-        rows = benchmark(args)
+        threads = torch.get_num_threads()
+        try:
+            rows = benchmark(args)
+        finally:  # the caller's thread count back (the demo and the tests run this in-process)
+            torch.set_num_threads(threads)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def run_in_process(main, args: list[str], cwd: Path) -> Result:
     handler = logging.StreamHandler(err)
     loggers = [logging.getLogger(name) for name in ("", "lightning.pytorch", "lightning.fabric")]
     saved_env = {k: os.environ.get(k) for k in ENV_OVERRIDES}
-    saved_cwd, code = os.getcwd(), 0
+    saved_cwd, saved_threads, code = os.getcwd(), torch.get_num_threads(), 0
     os.environ.update(ENV_OVERRIDES)
     for logger in loggers:
         logger.addHandler(handler)
@@ -59,6 +60,7 @@ def run_in_process(main, args: list[str], cwd: Path) -> Result:
                 code = 1
     finally:
         os.chdir(saved_cwd)
+        torch.set_num_threads(saved_threads)  # a benchmark sets its own
         for logger in loggers:
             logger.removeHandler(handler)
         for key, value in saved_env.items():
