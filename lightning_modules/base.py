@@ -306,6 +306,8 @@ class ClassificationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        if not self.trainer.sanity_checking:  # the weights these scores belong to (see the CLI's after_fit)
+            self.validated_at_step = self.trainer.global_step
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")

@@ -332,17 +332,21 @@ class ShrinkCLI(LightningCLI):
         checkpoint monitor; QAT: its int8 model), scored on the validation split, with a model card."""
         if self.trainer.state.status != "finished":
             return
-        module = self.model
+        module, metrics = self.model, None
         if not getattr(module, "is_int8", False):
             callback = self.trainer.checkpoint_callback
             best = getattr(callback, "best_model_path", "") if callback is not None else ""
             if best and os.path.isfile(best):
-                module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-        validated = self.trainer.validate(
-            module,
-            datamodule=self.datamodule,
-            verbose=module.is_int8 if hasattr(module, "is_int8") else False,
-        )
+                if self._last_validation_was_best(module, callback):  # these weights, already scored
+                    metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+                else:
+                    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+                    module.load_state_dict(state)
+        if metrics is None:
+            validated = self.trainer.validate(
+                module, datamodule=self.datamodule, verbose=getattr(module, "is_int8", False)
+            )
+            metrics = validated[0] if validated else {}
         if getattr(module, "is_int8", False):  # QAT converted its model to int8 when fit ended
             self._write_metrics("int8_validate")
         if self.trainer.is_global_zero:
@@ -351,13 +355,24 @@ class ShrinkCLI(LightningCLI):
                 module.model,
                 self.datamodule.tokenizer,
                 folder,
-                self._model_card(module, validated[0] if validated else {}),
+                self._model_card(module, metrics),
                 getattr(module, "quantization", None) if getattr(module, "is_int8", False) else None,
             )
             print(
                 f"model folder (transformers.pipeline, from_pretrained, push_to_hub): {folder}",
                 file=sys.stderr,
             )
+
+    def _last_validation_was_best(self, module, callback) -> bool:
+        """The weights in memory are the best ones and their scores are known: the last validation
+        ran after the last training step and set the best monitored value."""
+        current = self.trainer.callback_metrics.get(callback.monitor) if callback.monitor else None
+        return (
+            current is not None
+            and callback.best_model_score is not None
+            and getattr(module, "validated_at_step", None) == self.trainer.global_step
+            and float(current) == float(callback.best_model_score)
+        )
 
     def _model_card(self, module, metrics: dict[str, float]) -> str:
         try:  # the resolved config, as `--print_config` shows it
