@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from datamodules.errors import InputError
 from datamodules.token import word_start_mask
-from lightning_modules.metrics import EntityF1
+from lightning_modules.metrics import EntityF1, entity_types
 from lightning_modules.model_folder import INT8_FILE
 from lightning_modules.quantize import load_int8_state
 from lightning_modules.resume import check_checkpoint
@@ -22,8 +22,10 @@ from lightning_modules.resume import check_checkpoint
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def task_metrics(task: str, n_labels: int, entity_mode: str = "strict") -> MetricCollection:
-    """Accuracy and macro-F1 for sequences; entity P/R/F1 and token accuracy for tokens."""
+def task_metrics(task: str, label_names: list[str], entity_mode: str = "strict") -> MetricCollection:
+    """Accuracy and macro-F1 for sequences; entity P/R/F1 (micro and per entity type) and token
+    accuracy for tokens."""
+    n_labels = len(label_names)
     if task == "sequence":
         return MetricCollection(
             {
@@ -32,7 +34,10 @@ def task_metrics(task: str, n_labels: int, entity_mode: str = "strict") -> Metri
             }
         )
     return MetricCollection(
-        {"entity": EntityF1(entity_mode), "token_accuracy": MulticlassAccuracy(n_labels, average="micro")}
+        {
+            "entity": EntityF1(entity_mode, entity_types(label_names)),
+            "token_accuracy": MulticlassAccuracy(n_labels, average="micro"),
+        }
     )
 
 
@@ -265,7 +270,7 @@ class ClassificationModule(L.LightningModule):
             warmup_ratio,
             adam_epsilon,
         )
-        metrics = task_metrics(task, len(self.label_names), entity_mode)
+        metrics = task_metrics(task, self.label_names, entity_mode)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 

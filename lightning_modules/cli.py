@@ -32,11 +32,10 @@ from datamodules.errors import InputError
 from lightning_modules.base import ClassificationModule
 from lightning_modules.model_folder import (
     checkpoint_tokenizer,
-    model_card,
-    parameters_and_bytes,
+    stage_card,
     write_model_folder,
 )
-from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
+from lightning_modules.resume import AtomicCheckpointIO, ResumeCheckpoint, check_checkpoint
 
 
 def best_checkpoint_in(dirpath: str | Path) -> str:
@@ -119,6 +118,10 @@ class ShrinkCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # ResumeCheckpoint last: its epoch-end last.ckpt comes after ModelCheckpoint has recorded the
+        # epoch's score, and trainer.checkpoint_callback stays the ModelCheckpoint
+        resume = [c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)]
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ResumeCheckpoint)] + resume
         return trainer
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -379,27 +382,8 @@ class ShrinkCLI(LightningCLI):
             config = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
         except Exception:  # noqa: BLE001 - a value the dumper cannot write must not lose the model
             config = None
-        datamodule = self.datamodule
-        facts = {
-            "task": f"{module.task} classification",
-            "architecture": type(module.model).__name__,
-            **parameters_and_bytes(module.model),
-            "data": datamodule.source,
-            "tokenizer": datamodule.tokenizer_name,
-            "int8": getattr(module, "quantization", {}).get("scheme")
-            if getattr(module, "is_int8", False)
-            else "no (fp32)",
-        }
-        return model_card(
-            title=f"{Path(self.trainer.default_root_dir).name} ({type(module).__name__})",
-            task=module.task,
-            labels=module.label_names,
-            facts=facts,
-            metrics={k: round(float(v), 4) for k, v in metrics.items()},
-            lineage=list(getattr(module.model.config, "shrink_lineage", None) or module.lineage()),
-            command="shrink " + " ".join(shlex.quote(a) for a in self.command_line),
-            config=config,
-        )
+        command = "shrink " + " ".join(shlex.quote(a) for a in self.command_line)
+        return stage_card(module, self.datamodule, self.trainer.default_root_dir, metrics, command, config)
 
 
 def input_error_in(error: BaseException | None) -> InputError | None:

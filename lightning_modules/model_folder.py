@@ -258,6 +258,31 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
+def stage_card(
+    module: Any, datamodule: Any, out_dir: str, metrics: dict[str, Any], command: str, config: str | None
+) -> str:
+    """The model card of a stage's ``model/`` folder: what the module trained, on what, how well."""
+    int8 = getattr(module, "is_int8", False)
+    facts = {
+        "task": f"{module.task} classification",
+        "architecture": type(module.model).__name__,
+        **parameters_and_bytes(module.model),
+        "data": datamodule.source,
+        "tokenizer": datamodule.tokenizer_name,
+        "int8": module.quantization.get("scheme") if int8 else "no (fp32)",
+    }
+    return model_card(
+        title=f"{Path(out_dir).name} ({type(module).__name__})",
+        task=module.task,
+        labels=module.label_names,
+        facts=facts,
+        metrics={k: round(float(v), 4) for k, v in metrics.items()},
+        lineage=list(getattr(module.model.config, "shrink_lineage", None) or module.lineage()),
+        command=command,
+        config=config,
+    )
+
+
 def parameters_and_bytes(model: torch.nn.Module) -> dict[str, Any]:
     from lightning_modules.quantize import weights_bytes
 

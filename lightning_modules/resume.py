@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from datamodules.errors import InputError
@@ -90,10 +91,15 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class ResumeCheckpoint(L.Callback):
+class ResumeCheckpoint(Checkpoint):
     """Writes ``last.ckpt`` every ``every_n_train_steps``, at each epoch end, and when the process receives SIGTERM or
     SIGUSR1 (preemption; Lightning stops after the current batch), and stores the RNG states and the
-    W&B run id so ``--ckpt_path last`` continues exactly where the run stopped, in the same W&B run."""
+    W&B run id so ``--ckpt_path last`` continues exactly where the run stopped, in the same W&B run.
+
+    A ``Checkpoint`` subclass, so Lightning calls its epoch-end hook with the checkpoint callbacks,
+    after the others, and the CLI puts it after ModelCheckpoint: its epoch-end ``last.ckpt`` then
+    holds the epoch's validation score in ModelCheckpoint's state. Written before that (a plain
+    callback), a kill between the two writes lost the epoch's best score on resume."""
 
     def __init__(self, every_n_train_steps: int | None = None, dirpath: str | None = None) -> None:
         """

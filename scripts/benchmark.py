@@ -112,7 +112,7 @@ def unpadded(batch: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor
 
 def measure(run, loader, task: str, label_names: list[str], args) -> dict[str, float]:
     """The metric over the split, then the timings."""
-    metrics = task_metrics(task, len(label_names))
+    metrics = task_metrics(task, label_names)
     batches = list(loader)
     for batch in batches:
         update_task_metrics(metrics, task, label_names, run(batch).argmax(-1), batch)

@@ -64,6 +64,12 @@ def test_fit_resume_test_predict(tmp_path, task, metric):
     assert test.returncode == 0, test.stderr[-3000:]
     scores = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert 0.0 <= scores[metric.replace("val", "test")] <= 1.0
+    if task == "token":  # per entity type beside the micro averages
+        assert {
+            f"test/{kind}/{name}"
+            for kind in ("LOC", "MISC", "ORG", "PER")
+            for name in ("precision", "recall", "f1")
+        } <= set(scores)
 
     predict = run_cli("predict", *args, "--ckpt_path", "last", cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr[-3000:]

@@ -4,7 +4,7 @@ import pytest
 from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from lightning_modules.metrics import EntityF1, entities
+from lightning_modules.metrics import EntityF1, entities, entity_types
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 
@@ -54,3 +54,27 @@ def test_no_entities_gives_zero_not_nan():
     metric = EntityF1()
     metric.update([["O", "O"]], [["O", "O"]])
     assert metric.compute()["f1"].item() == 0.0
+
+
+@pytest.mark.parametrize("mode", ["strict", "conlleval"])
+def test_per_type_scores_match_seqeval_classification_report(mode):
+    from seqeval.metrics import classification_report
+
+    rng = random.Random(1)
+    kwargs = {"mode": "strict", "scheme": IOB2} if mode == "strict" else {}
+    types = entity_types(TAGS)
+    assert types == ["LOC", "MISC", "ORG", "PER"]
+    for _ in range(100):
+        gold = [[rng.choice(TAGS) for _ in range(rng.randint(1, 20))] for _ in range(rng.randint(1, 12))]
+        pred = [[rng.choice(TAGS) if rng.random() < 0.4 else t for t in sentence] for sentence in gold]
+        metric = EntityF1(mode, types)
+        metric.update(pred[: len(pred) // 2], gold[: len(gold) // 2])
+        metric.update(pred[len(pred) // 2 :], gold[len(gold) // 2 :])
+        result = metric.compute()
+        report = classification_report(gold, pred, output_dict=True, zero_division=0, **kwargs)
+        for kind in types:
+            expected = report.get(kind, {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+            assert result[f"{kind}/precision"].item() == pytest.approx(expected["precision"], abs=1e-6)
+            assert result[f"{kind}/recall"].item() == pytest.approx(expected["recall"], abs=1e-6)
+            assert result[f"{kind}/f1"].item() == pytest.approx(expected["f1-score"], abs=1e-6)
+        assert result["f1"].item() == pytest.approx(f1_score(gold, pred, **kwargs), abs=1e-6)
