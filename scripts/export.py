@@ -189,7 +189,9 @@ def ptq_command(args: argparse.Namespace) -> None:
     # `shrink validate/test/predict --ckpt_path` rebuild the model class from these hyper-parameters
     accepted = {name for cls in QATModule.__mro__ if "__init__" in vars(cls)  # with the **kwargs it passes on
                 for name in inspect.signature(cls.__init__).parameters}  # fmt: skip
-    hparams = {k: v for k, v in source.items() if k in accepted and k != "teacher"}
+    # the model is the fp32 checkpoint itself: none of the source's teacher / student-building arguments
+    skip = {"teacher", "student_model_name_or_path", "student_config", "student_layers", "model_config"}
+    hparams = {k: v for k, v in source.items() if k in accepted and k not in skip}
     hparams.update(_class_path="lightning_modules.QATModule", model_name_or_path=args.model)
     save_int8_checkpoint(
         model, out, hparams, quantization, dict(checkpoint["hf_config"]), checkpoint.get("tokenizer_files")

@@ -19,7 +19,7 @@ from datamodules.demo import demo_split, demo_tokenizer
 from lightning_modules import cli
 from lightning_modules.classify import entities, word_spans
 from lightning_modules.classify import main as classify_main
-from tests.conftest import ENV, ROOT
+from tests.conftest import ENV, ROOT, run_cli, run_script
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark  # noqa: E402
@@ -142,6 +142,20 @@ def test_a_moved_checkpoint_exports_benchmarks_and_teaches_without_its_tokenizer
         cli.main(["fit", *distill])
         card = (tmp / "distill" / "model" / "README.md").read_text()
         assert "DistillationModule" in card and "FineTuneModule" in card  # lineage teacher -> student
+        # PTQ of the distilled student, evaluated with the QAT config (as the demo does)
+        ptq = tmp / "distill" / "ptq.int8.ckpt"
+        student = tmp / "distill" / "checkpoints" / "last.ckpt"
+        result = run_script(
+            "export.py", "ptq", "--model", str(student), "--out", str(ptq), "--overwrite", cwd=tmp
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        result = run_cli(
+            "test", "--config", config, "--config", csv_only(tmp), "--ckpt_path", str(ptq),
+            "--model.init_args.teacher", "null", "--data.init_args.max_eval_samples", "32",
+            "--data.init_args.cache_dir", str(tmp / "cache"), "--out_dir", str(tmp / "ptq_test"), cwd=tmp,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (tmp / "ptq_test" / "test_metrics.json").is_file()
     finally:
         shutil.move(tmp / "tokenizer.gone", tmp / "tokenizer")
 
