@@ -2,6 +2,7 @@ from lightning_modules.base import ClassificationModule, build_classifier
 from lightning_modules.callbacks import PredictionWriter, ThroughputLogger
 from lightning_modules.distill import DistillationModule
 from lightning_modules.finetune import FineTuneModule
+from lightning_modules.prune import PruneModule
 from lightning_modules.qat import QATModule
 from lightning_modules.resume import ResumeCheckpoint
 
@@ -10,6 +11,7 @@ __all__ = [
     "DistillationModule",
     "FineTuneModule",
     "PredictionWriter",
+    "PruneModule",
     "QATModule",
     "ResumeCheckpoint",
     "ThroughputLogger",

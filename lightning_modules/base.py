@@ -16,6 +16,7 @@ from datamodules.errors import InputError
 from datamodules.token import word_start_mask
 from lightning_modules.metrics import EntityF1, entity_types
 from lightning_modules.model_folder import INT8_FILE
+from lightning_modules.pruning import model_from_config, prune_model, pruned_from_pretrained, pruned_state
 from lightning_modules.quantize import load_int8_state
 from lightning_modules.resume import check_checkpoint
 
@@ -141,7 +142,7 @@ def load_classifier(
                 "distillation) needs the fp32 checkpoint it was made from"
             )
         config = dict(checkpoint["hf_config"])
-        model = auto.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+        model = model_from_config(auto, AutoConfig.for_model(config.pop("model_type"), **config))
         prefix = "model."
         if "quantization" in checkpoint:
             load_int8_state(model, checkpoint, prefix)
@@ -149,7 +150,8 @@ def load_classifier(
         model.load_state_dict(
             {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
         )
-        return model
+        masks = pruned_state(checkpoint["state_dict"])
+        return prune_model(model, *masks) if masks else model  # a pruning stage's checkpoint
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError:
@@ -162,7 +164,7 @@ def load_classifier(
             f"{role} {path!r} has no fine-tuned {task}-classification head (architectures: "
             f"{config.architectures}): fine-tune it first with `shrink fit`"
         )
-    return auto.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return pruned_from_pretrained(auto, path) or auto.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def build_classifier(
@@ -194,9 +196,15 @@ def build_classifier(
             raise InputError(
                 "model.model_config needs a model_type, e.g. {model_type: bert, hidden_size: 128}"
             )
-        return auto.from_config(AutoConfig.for_model(model_type, **config, **labels))
-    if model_name_or_path.endswith(".ckpt"):  # e.g. a distilled student, loaded without its teacher
-        model = load_classifier(model_name_or_path, task, trust_remote_code)
+        return model_from_config(auto, AutoConfig.for_model(model_type, **config, **labels))
+    if (Path(model_name_or_path) / INT8_FILE).is_file():
+        raise InputError(
+            f"model {model_name_or_path} is an int8 model folder: training (QAT, fine-tuning, distillation, "
+            "pruning) needs the fp32 model it was made from"
+        )
+    pruned = pruned_from_pretrained(auto, model_name_or_path)  # a pruned folder: its own shapes
+    if model_name_or_path.endswith(".ckpt") or pruned is not None:  # e.g. a distilled student
+        model = pruned or load_classifier(model_name_or_path, task, trust_remote_code)
         found = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if found != list(label_names):
             raise InputError(
@@ -204,11 +212,6 @@ def build_classifier(
                 "set data.label_names to the checkpoint's order"
             )
         return model.train()
-    if (Path(model_name_or_path) / INT8_FILE).is_file():
-        raise InputError(
-            f"model {model_name_or_path} is an int8 model folder: training (QAT, fine-tuning, distillation) "
-            "needs the fp32 model it was made from"
-        )
     try:
         model = auto.from_pretrained(
             model_name_or_path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **labels
@@ -292,11 +295,13 @@ class ClassificationModule(L.LightningModule):
         weight = self.batch_size(batch) if self.task == "sequence" else int((batch["labels"] != -100).sum())
         self.log(f"{stage}/loss", output.loss, batch_size=max(weight, 1), sync_dist=True)
 
-    def _log_metrics(self, stage: str) -> None:
+    def _log_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         # metric states are already synced across ranks
-        self.log_dict(computed_metrics(metrics, f"{stage}/"), sync_dist=False)
+        values = computed_metrics(metrics, f"{stage}/")
+        self.log_dict(values, sync_dist=False)
         metrics.reset()
+        return values
 
     def on_validation_start(self) -> None:
         if self.trainer.datamodule is not None:
@@ -395,6 +400,7 @@ class ClassificationModule(L.LightningModule):
             "teacher",
             "student_model_name_or_path",
             "student_layers",
+            "target_sparsity",
         )
         step = {"stage": type(self).__name__, **{k: self.hparams[k] for k in keys if self.hparams.get(k)}}
         if "model_config" in step:
@@ -423,8 +429,6 @@ class ClassificationModule(L.LightningModule):
                     f"{list(mine.shape)}: use the checkpoint with the model config it was trained with"
                 )
 
-    def save_pretrained(self, folder: str | Path, tokenizer: Any = None) -> None:
-        """Write the classifier (and tokenizer) as a Hugging Face folder, loadable without this project."""
-        self.model.save_pretrained(folder)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
+    def deployable_model(self) -> torch.nn.Module:
+        """The model a stage hands on (``OUT_DIR/model/``); the pruning stage's is physically smaller."""
+        return self.model

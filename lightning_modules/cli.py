@@ -355,7 +355,7 @@ class ShrinkCLI(LightningCLI):
         if self.trainer.is_global_zero:
             folder = os.path.join(self.trainer.default_root_dir, "model")
             write_model_folder(
-                module.model,
+                module.deployable_model(),
                 self.datamodule.tokenizer,
                 folder,
                 self._model_card(module, metrics),

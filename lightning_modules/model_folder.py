@@ -185,6 +185,10 @@ def write_model_folder(
         if quantization:
             config.shrink_quantization = {k: quantization[k] for k in ("scheme", "embeddings", "head")}
         source.save_pretrained(tmp)
+        if getattr(config, "shrink_pruned", None):  # the code that rebuilds its shapes (auto_map)
+            from lightning_modules.pruning import REMOTE_CODE
+
+            shutil.copy(REMOTE_CODE, tmp / REMOTE_CODE.name)
         if quantization:
             state = {f"model.{k}": v for k, v in model.state_dict().items()}
             torch.save({"quantization": dict(quantization), "state_dict": state}, tmp / INT8_FILE)
@@ -263,14 +267,24 @@ def stage_card(
 ) -> str:
     """The model card of a stage's ``model/`` folder: what the module trained, on what, how well."""
     int8 = getattr(module, "is_int8", False)
+    model = module.deployable_model()
     facts = {
         "task": f"{module.task} classification",
-        "architecture": type(module.model).__name__,
-        **parameters_and_bytes(module.model),
+        "architecture": type(model).__name__,
+        **parameters_and_bytes(model),
         "data": datamodule.source,
         "tokenizer": datamodule.tokenizer_name,
         "int8": module.quantization.get("scheme") if int8 else "no (fp32)",
+        **(module.pruning_report() if hasattr(module, "pruning_report") else {}),
     }
+    usage = None
+    if getattr(model.config, "shrink_pruned", None):  # its shapes are rebuilt by pruned_encoder.py
+        tag = "text-classification" if module.task == "sequence" else "token-classification"
+        usage = (
+            "from transformers import pipeline\n# pruned shapes: pruned_encoder.py in this folder rebuilds them\n"
+            f'classifier = pipeline("{tag}", model="PATH/TO/THIS/FOLDER", trust_remote_code=True'
+            + (', aggregation_strategy="first")' if module.task == "token" else ")")
+        )
     return model_card(
         title=f"{Path(out_dir).name} ({type(module).__name__})",
         task=module.task,
@@ -280,6 +294,7 @@ def stage_card(
         lineage=list(getattr(module.model.config, "shrink_lineage", None) or module.lineage()),
         command=command,
         config=config,
+        usage=usage,
     )
 
 

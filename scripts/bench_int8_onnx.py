@@ -3,7 +3,9 @@ three ONNX Runtime graphs of one int8 checkpoint (benchmark, not CI):
 
 * ``per-token u8u8``: what ``scripts/export.py onnx`` writes (``lightning_modules.export``): torchao's
   numerics, the checkpoint's int8 weights (stored as uint8 + 128), per-token uint8 activations;
-  exact on every CPU;
+  exact on every CPU; run as exported;
+* ``per-token u8u8, auto``: the same file as shrink runs it (``OnnxClassifier``'s default): turned
+  into u8s8 in memory where the CPU has VNNI / AMX, as exported elsewhere;
 * ``per-token u8s8``: the same graph with int8 weights (uint8 x int8 kernels): exact only with
   VNNI / AMX, saturating on AVX2 without VNNI;
 * ``per-tensor``: ONNX Runtime's own ``quantize_dynamic`` on the same layers (weights per channel,
@@ -96,7 +98,10 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "fp32": export_onnx(dequantized(model), Path(tmp) / "fp32.onnx"),
         }
-        runners = {name: OnnxClassifier(path, args.threads) for name, path in graphs.items()}
+        runners = {name: OnnxClassifier(path, args.threads, kernel="as-exported") for name, path in graphs.items()}
+        runners["per-token u8u8, auto"] = OnnxClassifier(graphs["per-token u8u8"], args.threads)
+        graphs["per-token u8u8, auto"] = graphs["per-token u8u8"]
+        print(f"per-token u8u8, auto runs as {runners['per-token u8u8, auto'].kernel}", file=sys.stderr)
         rows = {name: parity(reference, run, batches, task) for name, run in runners.items()}
         first = {k: batches[0][k][:1] for k in ("input_ids", "attention_mask")}
         length = int(first["attention_mask"].sum())

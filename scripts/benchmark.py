@@ -183,6 +183,7 @@ def benchmark(args) -> list[dict]:
                     "model": name,
                     "runtime": runtime,
                     "int8": int8,
+                    "int8_kernel": getattr(run, "kernel", None),  # ONNX Runtime's MatMulInteger types here
                     "params_m": round(params / 1e6, 2),
                     "size_mb": round(size / 1e6, 2),
                     **result,

@@ -1,7 +1,8 @@
 """The offline demo: on the embedded sentiment and NER sets, fine-tune a teacher (2 layers x 128),
 distill it into a 4x smaller student (2 layers x 64), fine-tune the same student without a teacher
 for comparison, quantize the distilled student to int8 (QAT guided by the teacher, and PTQ for
-comparison), export the QAT student as an int8 ONNX folder, print held-out scores, then benchmark
+comparison), prune half of the distilled student's encoder (heads and FFN neurons, recovered with
+KD) and quantize that too, export the QAT students as int8 ONNX folders, print held-out scores, then benchmark
 teacher vs student vs int8 (PyTorch and the ONNX Runtime folder: metric, size, latency) and print
 that table, each stage's model folder, and the int8 folder classifying a sentence. No downloads; a few minutes on 2 CPU cores.
 
@@ -76,10 +77,15 @@ def stage(config: str, run_dir: Path, metric: str, *overrides: str) -> tuple[flo
     shrink("fit", "--config", config, "--out_dir", str(run_dir), *overrides)
     shrink("test", "--config", config, "--out_dir", str(run_dir), "--ckpt_path", "best", *overrides)
     seconds = time.perf_counter() - start
-    best = best_checkpoint_in(run_dir / "checkpoints")
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    parameters = sum(v.numel() for k, v in state.items() if k.startswith("model."))
-    return json.loads((run_dir / "test_metrics.json").read_text())[metric], seconds, parameters
+    return json.loads((run_dir / "test_metrics.json").read_text())[metric], seconds, parameters(run_dir / "model")
+
+
+def parameters(folder: Path) -> int:
+    """Parameters of a stage's model folder (a pruned one is physically smaller)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        return sum(torch.Size(weights.get_slice(k).get_shape()).numel() for k in weights.keys())
 
 
 def main() -> None:
@@ -124,23 +130,38 @@ def main() -> None:
         # int8: QAT of the distilled student guided by the teacher, and PTQ of it (no training)
         teacher = best_checkpoint_in(teacher_dir / "checkpoints")
         student = best_checkpoint_in(out / f"{task}_distill" / "checkpoints")
+        # pruning: half of the student's encoder parameters (heads and FFN neurons), recovered with KD,
+        # then QAT of the smaller model from its model folder
+        prune_dir = out / f"{task}_prune"
+        rows.append((task, "student, pruned 50%", *stage(f"configs/demo/{task}_prune.yaml", prune_dir, metric,
+                     "--model.init_args.model_name_or_path", student, "--model.init_args.teacher", teacher)))  # fmt: skip
+        pruned_qat = out / f"{task}_prune_qat"
+        start = time.perf_counter()
+        shrink("fit", "--config", f"configs/demo/{task}_qat.yaml", "--out_dir", str(pruned_qat),
+               "--model.init_args.model_name_or_path", str(prune_dir / "model"), "--model.init_args.teacher", teacher)  # fmt: skip
+        score = int8_score(f"configs/demo/{task}_qat.yaml", pruned_qat, pruned_qat / "int8.ckpt", metric, teacher)
+        rows.append((task, "student, pruned 50%, QAT int8", score, time.perf_counter() - start, rows[-1][4]))
         qat_config, qat_dir = f"configs/demo/{task}_qat.yaml", out / f"{task}_qat"
         start = time.perf_counter()
         shrink("fit", "--config", qat_config, "--out_dir", str(qat_dir),
                "--model.init_args.model_name_or_path", student, "--model.init_args.teacher", teacher)  # fmt: skip
         score = int8_score(qat_config, qat_dir, qat_dir / "int8.ckpt", metric, teacher)
-        rows.append((task, "student, QAT int8", score, time.perf_counter() - start, rows[-2][4]))
+        student_parameters = rows[-4][4]
+        rows.append((task, "student, QAT int8", score, time.perf_counter() - start, student_parameters))
         ptq = out / f"{task}_ptq" / "int8.ckpt"
         start = time.perf_counter()
         script("export.py", "ptq", "--model", student, "--out", str(ptq), "--overwrite")
         score = int8_score(qat_config, out / f"{task}_ptq", ptq, metric, teacher)
-        rows.append((task, "student, PTQ int8", score, time.perf_counter() - start, rows[-3][4]))
-        # the deployable int8 ONNX folder, checked against PyTorch on the validation split
-        script("export.py", "onnx", "--model", str(qat_dir / "model"), "--out", str(qat_dir / "onnx-int8"),
-               "--data", qat_config, "--overwrite")  # fmt: skip
+        rows.append((task, "student, PTQ int8", score, time.perf_counter() - start, student_parameters))
+        # the deployable int8 ONNX folders, checked against PyTorch on the validation split
+        for run in (qat_dir, pruned_qat):
+            script("export.py", "onnx", "--model", str(run / "model"), "--out", str(run / "onnx-int8"),
+                   "--data", qat_config, "--overwrite")  # fmt: skip
         models = {"teacher fp32": teacher_dir / "model", "student fp32": out / f"{task}_distill" / "model",
                   "student PTQ int8": ptq, "student QAT int8": qat_dir / "model",
-                  "student QAT int8 (ONNX folder)": qat_dir / "onnx-int8"}  # fmt: skip
+                  "student QAT int8 (ONNX folder)": qat_dir / "onnx-int8",
+                  "student pruned 50% fp32": prune_dir / "model",
+                  "student pruned 50% QAT int8 (ONNX folder)": pruned_qat / "onnx-int8"}  # fmt: skip
         script("benchmark.py", "--data", qat_config, "--split", "test", "--out", str(out / f"{task}_benchmark"),
                *[arg for name, path in models.items() for arg in ("--model", f"{name}={path}")])  # fmt: skip
     print("\n| task | model | parameters | held-out metric | score | seconds |\n|---|---|---|---|---|---|")

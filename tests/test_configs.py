@@ -9,12 +9,13 @@ import yaml
 from lightning_modules import cli
 from tests.conftest import ROOT
 
-RECIPES = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if p.stem in ("finetune", "distill", "qat")
-                 or p.stem.endswith(("_finetune", "_distill", "_qat")))  # fmt: skip
+STAGES = ("finetune", "distill", "prune", "qat")
+RECIPES = sorted(p for p in (ROOT / "configs").glob("*/*.yaml")
+                 if p.stem in STAGES or p.stem.endswith(tuple(f"_{s}" for s in STAGES)))  # fmt: skip
 
 
-def test_twelve_recipes():
-    assert len(RECIPES) == 12
+def test_one_recipe_per_task_and_stage():
+    assert len(RECIPES) == 16  # (demo sequence, demo token, sst2, conll2003) x 4 stages
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")

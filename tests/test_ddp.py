@@ -61,3 +61,27 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
     )
     assert last["global_step"] == 2
     assert not any("teacher" in key for key in last["state_dict"])
+
+
+@pytest.mark.slow
+def test_prune_ddp_two_processes_makes_the_same_decisions_on_both_ranks(tmp_path):
+    """Each pruning event checks (all_gather) that both ranks removed the same units; rank 0's
+    checkpoint holds the full schedule."""
+    small = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
+             "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    teacher = run_cli("fit", "--config", str(ROOT / "configs" / "demo" / "sequence_finetune.yaml"),
+                      "--out_dir", str(tmp_path / "teacher"), "--trainer.max_epochs", "1", *small, cwd=tmp_path)  # fmt: skip
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    args = [
+        "--config", str(ROOT / "configs" / "demo" / "sequence_prune.yaml"),
+        "--model.init_args.model_name_or_path", str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
+        "--model.init_args.teacher", "null", "--model.init_args.pruning_end", "1.0",
+        "--model.init_args.cache_dir", str(tmp_path / "cache"),
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.max_epochs", "3", "--out_dir", str(tmp_path / "pruned"), *small,
+    ]  # fmt: skip
+    result = run_cli_process("fit", *args, cwd=tmp_path, timeout=300)  # DDP: never in the pytest process
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = torch.load(tmp_path / "pruned" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 6 and int(last["state_dict"]["events_done"]) == 8  # 128 rows / (2 x 32) x 3
+    assert (tmp_path / "pruned" / "model" / "pruned_encoder.py").is_file()

@@ -19,6 +19,7 @@ from datamodules.demo import demo_split, demo_tokenizer
 from lightning_modules import cli
 from lightning_modules.classify import entities, word_spans
 from lightning_modules.classify import main as classify_main
+from lightning_modules.export import has_int8_dot
 from tests.conftest import ENV, ROOT, run_cli, run_script
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -168,6 +169,10 @@ def test_onnx_folder_and_shrink_classify_on_raw_text(fitted, tmp_path, capsys):
                  "--set", f"cache_dir={tmp / 'cache'}", "--set", "max_eval_samples=64"])  # fmt: skip
     parity = json.loads((out / "parity.json").read_text())
     assert parity["int8"] and parity["agreement"] >= 0.995 and parity["int8_kernel"] == "u8u8"
+    if has_int8_dot():  # shrink runs it as u8s8 here: the same integer sums, so the same agreement
+        assert parity["as_run_here"]["agreement"] == parity["agreement"]
+    else:
+        assert "as_run_here" not in parity
     card = (out / "README.md").read_text()
     assert "agreement with PyTorch" in card and "ORTModelFor" in card
     capsys.readouterr()

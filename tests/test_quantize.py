@@ -18,12 +18,13 @@ from lightning_modules.base import load_classifier
 from lightning_modules.export import (
     INT8_KERNELS,
     OnnxClassifier,
-    cpu_name,
     export_onnx,
+    has_int8_dot,
     input_names,
     model_inputs,
     parity,
     pytorch_logits,
+    signed_weights,
 )
 from lightning_modules.quantize import (
     SCHEME,
@@ -160,10 +161,20 @@ def test_onnx_fp32_and_int8_parity(task, head, tmp_path):
     # the graph itself computes torchao's numbers: ONNX's reference evaluator (numpy, no CPU kernel)
     # agrees with ONNX Runtime, so a failure above is a kernel problem, and one here a graph problem
     reference = ReferenceEvaluator(str(tmp_path / "int8.onnx"))
+    # the u8s8 form that OnnxClassifier runs on VNNI / AMX CPUs is the same graph arithmetic
+    signed = load(str(tmp_path / "int8.onnx"))
+    assert signed_weights(signed) == ops.count("MatMulInteger")
+    signed_reference = ReferenceEvaluator(signed)
     for batch in batches[:2]:
         feed = {k: v.numpy() for k, v in model_inputs(batch, input_names(int8)).items()}
         expected = pytorch_logits(int8, input_names(int8))(batch).numpy()
         np.testing.assert_allclose(reference.run(None, feed)[0], expected, atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(signed_reference.run(None, feed)[0], reference.run(None, feed)[0])
+    # what runs here: the file as exported, and the u8s8 form only where that kernel is exact
+    exported, auto = OnnxClassifier(tmp_path / "int8.onnx", kernel="as-exported"), OnnxClassifier(tmp_path / "int8.onnx")
+    assert exported.kernel == "u8u8" and auto.kernel.startswith("u8s8" if has_int8_dot() else "u8u8")
+    for batch in batches:
+        torch.testing.assert_close(auto(batch), exported(batch), atol=0, rtol=0)
     # exactly the encoder Linears, and with ``head`` the pooler and classifier (Gemm nodes in fp32)
     assert ops.count("MatMulInteger") == 6 * TINY["num_hidden_layers"] + 2 * head
     assert ops.count("ReduceMax") == 4 * TINY["num_hidden_layers"] + 2 * head  # Q, K and V share one
@@ -178,7 +189,7 @@ def test_int8_matmul_of_the_exported_form_is_exact_on_this_cpu(kernel):
     import onnxruntime as ort
     from onnx import helper
 
-    if kernel == "u8s8" and not any(f in cpu_name() for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
+    if kernel == "u8s8" and not has_int8_dot():
         pytest.skip("u8s8 saturates on CPUs without VNNI: that is why u8u8 is the default")
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (64, 384), dtype=np.uint8)

@@ -141,14 +141,16 @@ def stage_extra(stage: str, teacher: Path, tmp: Path) -> list[str]:
     if stage == "finetune":
         return []
     extra = ["--model.init_args.teacher", str(teacher), "--model.init_args.cache_dir", str(tmp / "cache")]
-    if stage == "qat":
+    if stage in ("qat", "prune"):
         extra += ["--model.init_args.model_name_or_path", str(teacher)]
+    if stage == "prune":  # events at steps 8, 16, ... 63: the kill at step 50 is mid-pruning
+        extra += ["--model.init_args.pruning_end", "1.0"]
     return extra
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["sequence", "token"])
-@pytest.mark.parametrize("stage", ["finetune", "distill", "qat"])
+@pytest.mark.parametrize("stage", ["finetune", "distill", "prune", "qat"])
 def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninterrupted_run(
     stage, task, recipe_teachers, tmp_path
 ):
@@ -168,6 +170,9 @@ def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninter
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
     assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"), RECIPE_STEPS)
+    if stage == "prune":  # the killed run had pruned 6 of 8 times: the resumed one finished the schedule
+        state = final_state(tmp_path / "killed")["state_dict"]
+        assert int(state["events_done"]) == 8 and min(int(v.sum()) for k, v in state.items() if "_mask_" in k) >= 1
 
 
 @pytest.mark.slow
