@@ -158,6 +158,8 @@ def signed_weights(model: Any) -> int:
         old.CopyFrom(numpy_helper.from_array(shifted.astype(np.int8), old.name))
         del node.input[2:]
         count += 1
+    if count and "int8/w_offset" in weights:  # no longer used: ONNX Runtime would warn about it
+        model.graph.initializer.remove(weights["int8/w_offset"])
     return count
 
 
