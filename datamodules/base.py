@@ -75,7 +75,8 @@ class ClassificationDataModule(L.LightningDataModule):
         Args:
             dataset: ``"demo"`` (embedded, offline), a Hugging Face hub dataset name (``"glue"``,
                 ``"conll2003"``), or ``"files"`` to read ``data_files``.
-            dataset_config: hub dataset configuration, e.g. ``"sst2"`` for ``glue``.
+            dataset_config: hub dataset configuration, e.g. ``"sst2"`` for ``glue``; for the demo,
+                ``"pairs"`` picks its sentence-pair task (sequence classification).
             data_files: split name -> local file, e.g. ``{train: train.tsv, validation: dev.tsv}``.
                 Giving it implies ``dataset: files``.
             tokenizer: hub name or folder of the tokenizer; ``"demo"`` for the demo WordPiece.
@@ -152,8 +153,8 @@ class ClassificationDataModule(L.LightningDataModule):
     def raw_split(self, split: str) -> list[dict]:
         """The rows of ``split`` with normalised column names and string labels (or none)."""
         if split not in self._raw:
-            if self.dataset == "demo":
-                rows = demo.demo_split(self.task, split)
+            if self.dataset == "demo":  # dataset_config "pairs": the demo's sentence-pair task
+                rows = demo.demo_split(self.dataset_config or self.task, split)
             elif self.dataset == "files":
                 if split not in self.data_files:
                     raise InputError(
@@ -404,6 +405,7 @@ def _tokenizer_digest(tokenizer) -> str:
     definition = json.loads(tokenizer.backend_tokenizer.to_str())
     definition.pop("truncation", None)
     definition.pop("padding", None)
+    definition["model_input_names"] = list(tokenizer.model_input_names)  # e.g. token types for pairs
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,4 +1,5 @@
-"""Embedded offline demo data: a seeded generator for a sentiment set and an NER set, and a
+"""Embedded offline demo data: a seeded generator for a sentiment set, a sentence-pair set
+(does a one-clause claim agree with a review?) and an NER set, and a
 WordPiece tokenizer trained on the generated text. Nothing is downloaded.
 
 The sentiment set is built so that bag-of-words is not enough: negation flips the polarity of
@@ -19,6 +20,7 @@ from pathlib import Path
 
 SPLIT_SIZES = {"train": 2000, "validation": 400, "test": 400}
 SEQUENCE_LABELS = ["negative", "positive"]
+PAIR_LABELS = ["contradiction", "entailment"]
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
 # --- sentiment -------------------------------------------------------------------------------
@@ -110,6 +112,15 @@ def _sentiment_example(rng: random.Random) -> dict:
     if rng.random() < 0.03:
         label = 1 - label
     return {"text": " ".join(text.split()), "label": SEQUENCE_LABELS[label]}
+
+
+def _pair_example(rng: random.Random) -> dict:
+    """Premise: a demo review; hypothesis: one clause about a film. Entailment when the clause's
+    polarity is the review's (the model has to read both texts: neither alone decides)."""
+    review = _sentiment_example(rng)
+    hypothesis, polarity = _clause(rng)
+    agrees = polarity == SEQUENCE_LABELS.index(review["label"])
+    return {"text": review["text"], "text_pair": f"{hypothesis} .", "label": PAIR_LABELS[int(agrees)]}
 
 
 # --- NER -------------------------------------------------------------------------------------
@@ -241,15 +252,18 @@ def _ner_example(rng: random.Random, held_out: bool) -> dict:
 
 
 def demo_split(task: str, split: str, seed: int = 1234) -> list[dict]:
-    """The rows of one demo split: ``{"text", "label"}`` (sequence) or ``{"tokens", "tags"}`` (token)."""
-    if task not in ("sequence", "token"):
-        raise ValueError(f"demo task must be 'sequence' or 'token', got {task!r}")
+    """The rows of one demo split: ``{"text", "label"}`` (sequence), ``{"text", "text_pair", "label"}``
+    (pairs: review / claim entailment) or ``{"tokens", "tags"}`` (token)."""
+    if task not in ("sequence", "pairs", "token"):
+        raise ValueError(f"demo task must be 'sequence', 'pairs' or 'token', got {task!r}")
     if split not in SPLIT_SIZES:
         raise ValueError(f"demo split must be one of {sorted(SPLIT_SIZES)}, got {split!r}")
     offset = list(SPLIT_SIZES).index(split)
     rng = random.Random(f"{seed}-{task}-{offset}")
     if task == "sequence":
         return [_sentiment_example(rng) for _ in range(SPLIT_SIZES[split])]
+    if task == "pairs":  # words of the sentiment set only: the demo tokenizer covers them
+        return [_pair_example(rng) for _ in range(SPLIT_SIZES[split])]
     return [_ner_example(rng, held_out=split != "train") for _ in range(SPLIT_SIZES[split])]
 
 
@@ -305,6 +319,7 @@ def train_wordpiece(
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],  # BERT's: pairs get types 0 / 1
     ).save_pretrained(folder)
 
 
@@ -314,7 +329,7 @@ def demo_tokenizer(cache_dir: str | Path, vocab_size: int = 1000, seed: int = 12
     from transformers import PreTrainedTokenizerFast
 
     texts = demo_texts(seed=seed)
-    key = hashlib.sha256(json.dumps([texts, vocab_size]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([texts, vocab_size, "token types"]).encode()).hexdigest()[:12]
     folder = Path(cache_dir).expanduser() / f"demo-tokenizer-{key}"
     if not (folder / "tokenizer.json").exists():
         tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")

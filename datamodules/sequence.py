@@ -1,4 +1,5 @@
-"""Sequence classification data: one text (e.g. a sentence) and one label per row."""
+"""Sequence classification data: one text (e.g. a sentence), or a pair of texts (premise and
+hypothesis, two questions...), and one label per row."""
 
 from __future__ import annotations
 
@@ -16,34 +17,47 @@ class SequenceClassificationDataModule(ClassificationDataModule):
     label_column_name = "label"
     label_option = "label_column"
 
-    def __init__(self, *args, text_column: str = "text", label_column: str = "label", **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        text_column: str = "text",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        **kwargs,
+    ) -> None:
         """
         Args:
-            text_column: column holding the text (``sentence`` for SST-2).
+            text_column: column holding the text (``sentence`` for SST-2; ``premise`` for MNLI).
+            text_pair_column: column holding the second text of a pair (``hypothesis`` for MNLI), encoded
+                as the tokenizer's pair (``[CLS] a [SEP] b [SEP]``, token types 0 / 1), truncated
+                ``longest_first``; None for single texts.
             label_column: column holding the label, an index or a name (absent for unlabelled predict data).
         """
         super().__init__(*args, **kwargs)
-        self.text_column, self.label_column = text_column, label_column
+        self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
 
     def _normalise(self, rows: list[dict], where: str) -> list[dict]:
-        if rows and self.text_column not in rows[0]:
-            raise InputError(
-                f"{where} has no text column {self.text_column!r} (columns: {sorted(rows[0])}): "
-                "set data.text_column"
-            )
+        columns = [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+        for column, option in zip(columns, ("data.text_column", "data.text_pair_column")):
+            if rows and column not in rows[0]:
+                raise InputError(
+                    f"{where} has no text column {column!r} (columns: {sorted(rows[0])}): set {option}"
+                )
         normalised = []
         for number, row in enumerate(rows, 1):
             text, label = row[self.text_column], row.get(self.label_column)
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(
-                    f"{where}: row {number} has an empty {self.text_column!r}: remove the row or fill it in"
-                )
+            for column in columns:
+                if not isinstance(row[column], str) or not row[column].strip():
+                    raise InputError(
+                        f"{where}: row {number} has an empty {column!r}: remove the row or fill it in"
+                    )
             if isinstance(label, float) or (isinstance(label, str) and _is_fraction(label)):
                 raise InputError(
                     f"{where}: row {number} has the label {label!r}, a fraction: labels are class names or "
                     "integer ids (regression is not supported): fix data.label_column"
                 )
-            normalised.append({"text": text, "label": label})
+            pair = {"text_pair": row[self.text_pair_column]} if self.text_pair_column else {}
+            normalised.append({"text": text, **pair, "label": label})
         return normalised
 
     def read_file(self, path: str) -> list[dict]:
@@ -62,12 +76,12 @@ class SequenceClassificationDataModule(ClassificationDataModule):
         return rows
 
     def tokenize(self, tokenizer, batch: dict[str, list]) -> dict[str, list]:
-        encoded = tokenizer(batch["text"], truncation=True, max_length=self.max_length)
+        pairs = batch.get("text_pair")
+        encoded = tokenizer(batch["text"], pairs, truncation="longest_first", max_length=self.max_length)
         encoded["truncated"] = truncated(encoded)
-        # word ids (from the tokenizer's pre-tokenizer) let hidden-state transfer align two tokenizers
-        encoded["word_ids"] = [
-            [-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(batch["text"]))
-        ]
+        # word ids (from the tokenizer's pre-tokenizer) let hidden-state transfer align two tokenizers;
+        # in a pair the second text's words are numbered after the first's, so ids stay unique
+        encoded["word_ids"] = [pair_word_ids(encoded, i) for i in range(len(batch["text"]))]
         return dict(encoded)
 
     def label_ids(self, batch: dict[str, list], encoded: dict[str, list]) -> list[int]:
@@ -76,6 +90,14 @@ class SequenceClassificationDataModule(ClassificationDataModule):
     @functools.cached_property
     def collator(self) -> DataCollatorWithPadding:
         return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
+
+
+def pair_word_ids(encoded, i: int) -> list[int]:
+    """Word index of each token of row ``i`` (-1: special or padding), counting the second text's
+    words after the first's."""
+    words, sequences = encoded.word_ids(i), encoded.sequence_ids(i)
+    first = max((w for w, s in zip(words, sequences) if s == 0 and w is not None), default=-1) + 1
+    return [-1 if w is None else w + first * (s == 1) for w, s in zip(words, sequences)]
 
 
 def _is_fraction(text: str) -> bool:

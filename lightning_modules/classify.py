@@ -3,10 +3,12 @@
     shrink-classify outputs/demo/sequence_distill/model "a wonderful film" "dull and slow"
     echo "John lives in Berlin" | shrink-classify outputs/demo/token_qat/onnx-int8
     shrink-classify outputs/demo/sequence_qat/int8.ckpt --file sentences.txt
+    shrink-classify outputs/demo/pair_distill/model --pair "the film was dull .<TAB>the plot is good ."
 
 MODEL is a Hugging Face model folder (``OUT_DIR/model``), an ONNX folder (``scripts/export.py
 onnx``) or a ``.ckpt``. Texts come as arguments, else one per line on stdin (or ``--file``). One
-JSON line per text: ``{"text", "label", "score"}``, or for NER ``{"text", "entities": [{"type",
+JSON line per text: ``{"text", "label", "score"}`` (``--pair``: each input is two texts separated by a
+tab, encoded as the tokenizer's pair, and the line also has ``"text_pair"``), or for NER ``{"text", "entities": [{"type",
 "word", "start", "end", "score"}]}`` with character offsets into the text. Words are tagged by
 their first sub-token, as in training; ``B-X`` starts an entity, ``I-X`` continues one of type X.
 """
@@ -57,9 +59,14 @@ class Classifier:
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
 
-    def __call__(self, texts: list[str], max_length: int = 512) -> list[dict[str, Any]]:
+    def __call__(
+        self, texts: list[str], pairs: list[str] | None = None, max_length: int = 512
+    ) -> list[dict[str, Any]]:
+        if pairs is not None and self.task != "sequence":
+            raise InputError("--pair is for sequence classification: a token classifier takes one text")
         encoding = self.tokenizer(
             texts,
+            pairs,
             padding=True,
             truncation=True,
             max_length=min(max_length, self.tokenizer.model_max_length),
@@ -71,8 +78,8 @@ class Classifier:
         if self.task == "sequence":
             scores, ids = probabilities.max(-1)
             return [
-                {"text": t, "label": self.labels[i], "score": round(s, 6)}
-                for t, i, s in zip(texts, ids.tolist(), scores.tolist(), strict=True)
+                {"text": t, **({"text_pair": pairs[n]} if pairs else {}), "label": self.labels[i], "score": round(s, 6)}
+                for n, (t, i, s) in enumerate(zip(texts, ids.tolist(), scores.tolist(), strict=True))
             ]
         rows = []
         for row, text in enumerate(texts):
@@ -129,9 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="model folder, ONNX folder or .ckpt")
     parser.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     parser.add_argument("--file", help="read texts from this file, one per line")
+    parser.add_argument("--pair", action="store_true", help="each input is two texts separated by a tab")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may follow the texts
     try:
         if args.batch_size < 1 or args.threads < 1:
             raise InputError("--batch-size and --threads must be at least 1")
@@ -150,12 +158,21 @@ def main(argv: list[str] | None = None) -> None:
         if not texts or empty:
             where = f"input {empty[0]} is empty" if empty else "no input"
             raise InputError(f"{where}: give one non-empty text per argument or per line")
+        pairs = None
+        if args.pair:
+            missing = [i + 1 for i, text in enumerate(texts) if "\t" not in text]
+            if missing:
+                raise InputError(f"input {missing[0]} has no tab: with --pair give 'text<TAB>second text'")
+            texts, pairs = map(list, zip(*(text.split("\t", 1) for text in texts)))
+            if any(not p.strip() for p in pairs):
+                raise InputError("a second text is empty: with --pair give 'text<TAB>second text'")
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(args.threads)
             classifier = Classifier(args.model, args.threads)
             for start in range(0, len(texts), args.batch_size):
-                for row in classifier(texts[start : start + args.batch_size]):
+                chunk = slice(start, start + args.batch_size)
+                for row in classifier(texts[chunk], pairs[chunk] if pairs else None):
                     print(json.dumps(row, ensure_ascii=False), flush=True)
         finally:  # the caller's thread count back (when run in-process)
             torch.set_num_threads(threads)

@@ -189,6 +189,8 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     assert "trust_remote_code=True" in card and "target_sparsity" in card
     best = torch.load(next((run / "checkpoints").glob("epoch*.ckpt")), map_location="cpu", weights_only=True)
     assert int(best["state_dict"]["events_done"]) == 8  # the monitor only saw fully pruned models
+    if task == "token":  # QAT and export of a pruned model: the same code for both tasks
+        return
     qat = run_cli(
         "fit", "--config", str(ROOT / "configs" / "demo" / f"{task}_qat.yaml"),
         "--model.init_args.model_name_or_path", str(run / "model"), "--model.init_args.teacher", "null",
