@@ -23,17 +23,33 @@ from lightning_modules.resume import check_checkpoint
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def task_metrics(task: str, label_names: list[str], entity_mode: str = "strict") -> MetricCollection:
-    """Accuracy and macro-F1 for sequences; entity P/R/F1 (micro and per entity type) and token
-    accuracy for tokens."""
+SEQUENCE_METRICS = ("mcc", "f1")  # the GLUE extras: CoLA's Matthews correlation, MRPC / QQP's F1
+
+
+def task_metrics(
+    task: str, label_names: list[str], entity_mode: str = "strict", extra: list[str] | None = None
+) -> MetricCollection:
+    """Accuracy and macro-F1 for sequences (plus ``extra``: ``mcc``, Matthews correlation; ``f1``,
+    F1 of the positive class, label id 1 of two); entity P/R/F1 (micro and per entity type) and
+    token accuracy for tokens. All torchmetrics: synced across DDP ranks."""
+    from torchmetrics.classification import BinaryF1Score, MulticlassMatthewsCorrCoef
+
     n_labels = len(label_names)
+    extra = list(extra or [])
+    unknown = [m for m in extra if m not in SEQUENCE_METRICS]
+    if unknown or (extra and task != "sequence"):
+        raise InputError(f"model.metrics {extra}: sequence tasks take {list(SEQUENCE_METRICS)}; token tasks none")
+    if "f1" in extra and n_labels != 2:
+        raise InputError(f"model.metrics f1 is the positive class's F1 of two labels, the data has {n_labels}: "
+                         "use f1_macro (always logged)")  # fmt: skip
     if task == "sequence":
-        return MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(n_labels, average="micro"),
-                "f1_macro": MulticlassF1Score(n_labels, average="macro"),
-            }
-        )
+        chosen = {
+            "accuracy": MulticlassAccuracy(n_labels, average="micro"),
+            "f1_macro": MulticlassF1Score(n_labels, average="macro"),
+            "mcc": MulticlassMatthewsCorrCoef(n_labels),
+            "f1": BinaryF1Score(),  # label ids 0 / 1 are the binary predictions and targets
+        }
+        return MetricCollection({k: v for k, v in chosen.items() if k in ("accuracy", "f1_macro", *extra)})
     return MetricCollection(
         {
             "entity": EntityF1(entity_mode, entity_types(label_names)),
@@ -241,6 +257,7 @@ class ClassificationModule(L.LightningModule):
         warmup_ratio: float = 0.06,
         adam_epsilon: float = 1e-8,
         entity_mode: str = "strict",
+        metrics: list[str] | None = None,
     ) -> None:
         """The arguments every stage shares (each stage passes them on as ``**kwargs``).
 
@@ -252,6 +269,8 @@ class ClassificationModule(L.LightningModule):
             warmup_ratio: fraction of all training steps spent warming up linearly; then linear decay to 0.
             adam_epsilon: AdamW epsilon.
             entity_mode: NER entity matching, ``strict`` (IOB2, seqeval strict) or ``conlleval``.
+            metrics: sequence metrics beside accuracy and macro-F1: ``mcc`` (Matthews correlation, CoLA),
+                ``f1`` (F1 of label id 1 of two: MRPC, QQP), logged as ``val/mcc``, ``val/f1``.
         """
         super().__init__()
         for name, value, ok, rule in (
@@ -273,7 +292,7 @@ class ClassificationModule(L.LightningModule):
             warmup_ratio,
             adam_epsilon,
         )
-        metrics = task_metrics(task, self.label_names, entity_mode)
+        metrics = task_metrics(task, self.label_names, entity_mode, metrics)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 

@@ -33,3 +33,29 @@ def test_recipe_resolves_to_a_full_config(recipe, capsys):
     assert config["trainer"]["logger"]["class_path"].endswith("WandbLogger")
     assert config["data"]["class_path"].endswith("TokenClassificationDataModule" if token else
                                                   "SequenceClassificationDataModule")  # fmt: skip
+
+
+def test_glue_data_files_are_the_task_table():
+    """``configs/glue/TASK/data.yaml`` say what ``datamodules.glue.GLUE_TASKS`` says (run_glue.py's
+    task_to_keys in one place)."""
+    from datamodules.glue import GLUE_TASKS, data_config
+
+    assert sorted(p.name for p in (ROOT / "configs" / "glue").iterdir() if p.is_dir()) == sorted(GLUE_TASKS)
+    for task in GLUE_TASKS:
+        assert yaml.safe_load((ROOT / "configs" / "glue" / task / "data.yaml").read_text()) == data_config(task)
+        assert sorted(p.stem for p in (ROOT / "configs" / "glue" / task).glob("*.yaml")) == [
+            "data", "distill", "finetune", "qat"]  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", ["cola/finetune", "mrpc/distill", "mnli/qat"])
+def test_glue_recipes_resolve_with_their_metric_and_pairs(recipe, capsys):
+    from datamodules.glue import GLUE_TASKS
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", str(ROOT / "configs" / "glue" / f"{recipe}.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    spec = GLUE_TASKS[recipe.split("/")[0]]
+    assert config["trainer"]["callbacks"][0]["init_args"]["monitor"] == f"val/{spec['monitor']}"
+    assert config["model"]["init_args"]["metrics"] == (spec["metrics"] or None)
+    assert config["data"]["init_args"]["text_pair_column"] == spec["keys"][1]
