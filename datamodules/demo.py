@@ -123,6 +123,15 @@ def _pair_example(rng: random.Random) -> dict:
     return {"text": review["text"], "text_pair": f"{hypothesis} .", "label": PAIR_LABELS[int(agrees)]}
 
 
+def _similarity_example(rng: random.Random) -> dict:
+    """Two one-clause reviews and how alike they are, 0..5 (STS-B-like): 3 points for the same
+    polarity, 2 for the same subject, plus a little noise."""
+    first, second = _clause(rng), _clause(rng)
+    subjects = [next(s for s in sorted(_SUBJECTS, key=len, reverse=True) if c.startswith(s)) for c, _ in (first, second)]
+    score = 3.0 * (first[1] == second[1]) + 2.0 * (subjects[0] == subjects[1]) + rng.uniform(-0.25, 0.25)
+    return {"text": f"{first[0]} .", "text_pair": f"{second[0]} .", "label": round(min(5.0, max(0.0, score)), 3)}
+
+
 # --- NER -------------------------------------------------------------------------------------
 _FIRST = [
     "John",
@@ -253,9 +262,9 @@ def _ner_example(rng: random.Random, held_out: bool) -> dict:
 
 def demo_split(task: str, split: str, seed: int = 1234) -> list[dict]:
     """The rows of one demo split: ``{"text", "label"}`` (sequence), ``{"text", "text_pair", "label"}``
-    (pairs: review / claim entailment) or ``{"tokens", "tags"}`` (token)."""
-    if task not in ("sequence", "pairs", "token"):
-        raise ValueError(f"demo task must be 'sequence', 'pairs' or 'token', got {task!r}")
+    (pairs: review / claim entailment; similarity: a 0..5 score) or ``{"tokens", "tags"}`` (token)."""
+    if task not in ("sequence", "pairs", "similarity", "token"):
+        raise ValueError(f"demo task must be 'sequence', 'pairs', 'similarity' or 'token', got {task!r}")
     if split not in SPLIT_SIZES:
         raise ValueError(f"demo split must be one of {sorted(SPLIT_SIZES)}, got {split!r}")
     offset = list(SPLIT_SIZES).index(split)
@@ -264,6 +273,8 @@ def demo_split(task: str, split: str, seed: int = 1234) -> list[dict]:
         return [_sentiment_example(rng) for _ in range(SPLIT_SIZES[split])]
     if task == "pairs":  # words of the sentiment set only: the demo tokenizer covers them
         return [_pair_example(rng) for _ in range(SPLIT_SIZES[split])]
+    if task == "similarity":  # regression: a score 0..5 per pair of clauses
+        return [_similarity_example(rng) for _ in range(SPLIT_SIZES[split])]
     return [_ner_example(rng, held_out=split != "train") for _ in range(SPLIT_SIZES[split])]
 
 

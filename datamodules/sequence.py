@@ -23,6 +23,7 @@ class SequenceClassificationDataModule(ClassificationDataModule):
         text_column: str = "text",
         text_pair_column: str | None = None,
         label_column: str = "label",
+        regression: bool = False,
         **kwargs,
     ) -> None:
         """
@@ -32,9 +33,14 @@ class SequenceClassificationDataModule(ClassificationDataModule):
                 as the tokenizer's pair (``[CLS] a [SEP] b [SEP]``, token types 0 / 1), truncated
                 ``longest_first``; None for single texts.
             label_column: column holding the label, an index or a name (absent for unlabelled predict data).
+            regression: the labels are numbers (STS-B's similarity scores): one output named after the
+                label column, MSE loss, Pearson / Spearman correlation and MSE as metrics.
         """
         super().__init__(*args, **kwargs)
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
+        self.regression = regression
+        if regression:  # one output: the model has num_labels 1, which transformers trains with MSE
+            self._label_names = [label_column]
 
     def _normalise(self, rows: list[dict], where: str) -> list[dict]:
         columns = [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
@@ -51,10 +57,12 @@ class SequenceClassificationDataModule(ClassificationDataModule):
                     raise InputError(
                         f"{where}: row {number} has an empty {column!r}: remove the row or fill it in"
                     )
-            if isinstance(label, float) or (isinstance(label, str) and _is_fraction(label)):
+            if self.regression:
+                pass  # numbers: label_id checks them
+            elif isinstance(label, float) or (isinstance(label, str) and _is_fraction(label)):
                 raise InputError(
                     f"{where}: row {number} has the label {label!r}, a fraction: labels are class names or "
-                    "integer ids (regression is not supported): fix data.label_column"
+                    "integer ids (for scores set data.regression true): fix data.label_column"
                 )
             pair = {"text_pair": row[self.text_pair_column]} if self.text_pair_column else {}
             normalised.append({"text": text, **pair, "label": label})
@@ -86,6 +94,16 @@ class SequenceClassificationDataModule(ClassificationDataModule):
 
     def label_ids(self, batch: dict[str, list], encoded: dict[str, list]) -> list[int]:
         return batch["label"]
+
+    def label_id(self, value, split: str):
+        if not self.regression:
+            return super().label_id(value, split)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"label {value!r} in split {split!r} is not a number: data.regression needs numeric labels"
+            ) from None
 
     @functools.cached_property
     def collator(self) -> DataCollatorWithPadding:

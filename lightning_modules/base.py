@@ -36,6 +36,12 @@ def task_metrics(
 
     n_labels = len(label_names)
     extra = list(extra or [])
+    if task == "sequence" and n_labels == 1:  # regression (STS-B): one output
+        from torchmetrics import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+
+        if extra:
+            raise InputError(f"model.metrics {extra}: a regression task logs pearson, spearman and mse")
+        return MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef(), "mse": MeanSquaredError()})
     unknown = [m for m in extra if m not in SEQUENCE_METRICS]
     if unknown or (extra and task != "sequence"):
         raise InputError(f"model.metrics {extra}: sequence tasks take {list(SEQUENCE_METRICS)}; token tasks none")
@@ -56,6 +62,11 @@ def task_metrics(
             "token_accuracy": MulticlassAccuracy(n_labels, average="micro"),
         }
     )
+
+
+def predicted(logits: torch.Tensor, label_names: list[str]) -> torch.Tensor:
+    """Class ids (argmax), or the predicted number of a regression model (one output)."""
+    return logits.float().squeeze(-1) if len(label_names) == 1 else logits.argmax(-1)
 
 
 def word_tags(ids: torch.Tensor, starts: torch.Tensor, label_names: list[str]) -> list[list[str]]:
@@ -308,7 +319,7 @@ class ClassificationModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         output = self(batch, labels=batch["labels"])
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        update_task_metrics(metrics, self.task, self.label_names, output.logits.argmax(-1), batch)
+        update_task_metrics(metrics, self.task, self.label_names, predicted(output.logits, self.label_names), batch)
         # weighted by what the loss averages over (sentences, or labelled tokens), so the epoch value
         # is the mean over the whole split however it is batched or split across DDP ranks
         weight = self.batch_size(batch) if self.task == "sequence" else int((batch["labels"] != -100).sum())
@@ -347,6 +358,9 @@ class ClassificationModule(L.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
         """One dict per example: ``idx`` (row in the split) and label names (a list per word for NER)."""
         logits = self(batch).logits.float()
+        if len(self.label_names) == 1:  # regression: the predicted number
+            return [{"idx": i, self.label_names[0]: round(v, 6)}
+                    for i, v in zip(batch["idx"].tolist(), logits.squeeze(-1).tolist(), strict=True)]  # fmt: skip
         probabilities = logits.softmax(-1)
         if self.task == "sequence":
             scores, ids = probabilities.max(-1)

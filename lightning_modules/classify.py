@@ -74,11 +74,16 @@ class Classifier:
             return_tensors="pt",
         )
         batch = {k: v for k, v in encoding.items() if k != "offset_mapping"}
-        probabilities = self.run(batch).float().softmax(-1)
+        logits = self.run(batch).float()
+        pair = (lambda n: {"text_pair": pairs[n]}) if pairs else (lambda n: {})
+        if len(self.labels) == 1:  # regression: the predicted number, named after the label
+            return [{"text": t, **pair(n), self.labels[0]: round(v, 6)}
+                    for n, (t, v) in enumerate(zip(texts, logits.squeeze(-1).tolist(), strict=True))]  # fmt: skip
+        probabilities = logits.softmax(-1)
         if self.task == "sequence":
             scores, ids = probabilities.max(-1)
             return [
-                {"text": t, **({"text_pair": pairs[n]} if pairs else {}), "label": self.labels[i], "score": round(s, 6)}
+                {"text": t, **pair(n), "label": self.labels[i], "score": round(s, 6)}
                 for n, (t, i, s) in enumerate(zip(texts, ids.tolist(), scores.tolist(), strict=True))
             ]
         rows = []

@@ -1,6 +1,7 @@
 """Stage 2: distill a fine-tuned teacher into a smaller student.
 
 Loss = ``alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(student, labels)``
+       (regression, one output: ``alpha * MSE(student, teacher) + (1 - alpha) * MSE(student, label)``)
        ``+ hidden_weight * MSE(project(student hidden), teacher hidden)``
        ``+ attention_weight * MSE(student attention, teacher attention)``.
 
@@ -332,7 +333,9 @@ class DistillationModule(ClassificationModule):
                 teacher_output = self.teacher(**self._teacher_inputs(batch), **kwargs)
             teacher_logits, teacher_present = self._teacher_logits(batch, n_words, teacher_output)
 
-        if self.task == "sequence":
+        if self.task == "sequence" and len(self.label_names) == 1:  # regression: match the teacher's number
+            soft = torch.nn.functional.mse_loss(student.logits.float(), teacher_logits.float())
+        elif self.task == "sequence":
             soft = kd_loss(student.logits, teacher_logits, self.temperature)
         else:
             student_logits, student_present = per_word(student.logits, batch["word_ids"], n_words)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from datamodules import InputError, datamodule_from_config, parse_overrides  # noqa: E402
-from lightning_modules.base import computed_metrics, task_metrics, update_task_metrics  # noqa: E402
+from lightning_modules.base import computed_metrics, predicted, task_metrics, update_task_metrics  # noqa: E402
 from lightning_modules.export import ONNX_FILE, OnnxClassifier, export_onnx, input_names, pytorch_logits  # noqa: E402
 from lightning_modules.model_folder import folder_task, load_trained, read_json  # noqa: E402
 from lightning_modules.quantize import import_torchao, weights_bytes  # noqa: E402
@@ -84,8 +84,8 @@ def parse_models(specs: list[str]) -> list[tuple[str, str, dict]]:
 
 
 def metric_key(rows: list[dict]) -> str:
-    """The task metric the rows carry: accuracy (sequences) or entity F1 (tokens)."""
-    return "accuracy" if "accuracy" in rows[0] else "f1"
+    """The task metric the rows carry: accuracy (sequences), Pearson (regression) or entity F1 (tokens)."""
+    return next(k for k in ("accuracy", "pearson", "f1") if k in rows[0])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -115,8 +115,8 @@ def measure(run, loader, task: str, label_names: list[str], args) -> dict[str, f
     metrics = task_metrics(task, label_names)
     batches = list(loader)
     for batch in batches:
-        update_task_metrics(metrics, task, label_names, run(batch).argmax(-1), batch)
-    key = "accuracy" if task == "sequence" else "f1"
+        update_task_metrics(metrics, task, label_names, predicted(run(batch), label_names), batch)
+    key = "f1" if task == "token" else "pearson" if len(label_names) == 1 else "accuracy"
     metric = float(computed_metrics(metrics, "")[key])
 
     singles = [unpadded(b, i) for b in batches for i in range(b["input_ids"].shape[0])][

@@ -15,7 +15,8 @@ RECIPES = sorted(p for p in (ROOT / "configs").glob("*/*.yaml")
 
 
 def test_one_recipe_per_task_and_stage():
-    assert len(RECIPES) == 16  # (demo sequence, demo token, sst2, conll2003) x 4 stages
+    # (demo sequence, demo token, sst2, conll2003) x 4 stages, demo pairs and similarity x 3 (no pruning)
+    assert len(RECIPES) == 22
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -29,7 +30,7 @@ def test_recipe_resolves_to_a_full_config(recipe, capsys):
                          "PredictionWriter"]  # fmt: skip
     monitor = config["trainer"]["callbacks"][0]["init_args"]["monitor"]
     token = "token" in recipe.stem or recipe.parent.name == "conll2003"
-    assert monitor == ("val/f1" if token else "val/accuracy")
+    assert monitor == ("val/f1" if token else "val/pearson" if "similarity" in recipe.stem else "val/accuracy")
     assert config["trainer"]["logger"]["class_path"].endswith("WandbLogger")
     assert config["data"]["class_path"].endswith("TokenClassificationDataModule" if token else
                                                   "SequenceClassificationDataModule")  # fmt: skip
@@ -47,7 +48,7 @@ def test_glue_data_files_are_the_task_table():
             "data", "distill", "finetune", "qat"]  # fmt: skip
 
 
-@pytest.mark.parametrize("recipe", ["cola/finetune", "mrpc/distill", "mnli/qat"])
+@pytest.mark.parametrize("recipe", ["cola/finetune", "mrpc/distill", "stsb/distill", "mnli/qat"])
 def test_glue_recipes_resolve_with_their_metric_and_pairs(recipe, capsys):
     from datamodules.glue import GLUE_TASKS
 
