@@ -163,6 +163,11 @@ def load_classifier(
             raise InputError(
                 f"{role} checkpoint {path} holds no model config: it was not written by this project"
             )
+        if "lora" in checkpoint:
+            raise InputError(
+                f"{role} checkpoint {path} holds LoRA adapters only (for resuming): use its run's model/ "
+                "folder, where they are merged into the weights"
+            )
         if "quantization" in checkpoint and not int8_ok:
             raise InputError(
                 f"{role} checkpoint {path} is already int8-quantized: training (QAT, fine-tuning, "

@@ -344,7 +344,7 @@ class ShrinkCLI(LightningCLI):
                     metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
                 else:
                     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-                    module.load_state_dict(state)
+                    module.load_state_dict(state, strict=module.strict_loading)  # LoRA: adapters only
         if metrics is None:
             validated = self.trainer.validate(
                 module, datamodule=self.datamodule, verbose=getattr(module, "is_int8", False)
