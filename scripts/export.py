@@ -197,9 +197,11 @@ def ptq_command(args: argparse.Namespace) -> None:
     skip = {"teacher", "student_model_name_or_path", "student_config", "student_layers", "model_config"}
     hparams = {k: v for k, v in source.items() if k in accepted and k not in skip}
     hparams.update(_class_path="lightning_modules.QATModule", model_name_or_path=args.model)
-    save_int8_checkpoint(
-        model, out, hparams, quantization, dict(checkpoint["hf_config"]), checkpoint.get("tokenizer_files")
-    )
+    config = dict(checkpoint["hf_config"])
+    for key in ("shrink_pruned", "auto_map"):  # a pruning stage's checkpoint: the smaller shapes it became
+        if getattr(model.config, key, None):
+            config[key] = getattr(model.config, key)
+    save_int8_checkpoint(model, out, hparams, quantization, config, checkpoint.get("tokenizer_files"))
     print(f"wrote {out} ({SCHEME}, post-training)")
 
 

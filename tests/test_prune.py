@@ -187,7 +187,11 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     assert ratio == pytest.approx(0.5, abs=0.05)
     card = (run / "model" / "README.md").read_text()
     assert "trust_remote_code=True" in card and "target_sparsity" in card
-    best = torch.load(next((run / "checkpoints").glob("epoch*.ckpt")), map_location="cpu", weights_only=True)
+    best_path = next((run / "checkpoints").glob("epoch*.ckpt"))
+    ptq = run_script("export.py", "ptq", "--model", str(best_path), "--out", str(tmp_path / "ptq.int8.ckpt"), cwd=tmp_path)
+    assert ptq.returncode == 0, ptq.stderr[-2000:]
+    assert encoder_parameters(load_classifier(str(tmp_path / "ptq.int8.ckpt"), task, int8_ok=True)) < encoder_parameters(before)
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
     assert int(best["state_dict"]["events_done"]) == 8  # the monitor only saw fully pruned models
     if task == "token":  # QAT and export of a pruned model: the same code for both tasks
         return
