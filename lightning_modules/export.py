@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,13 @@ def onnx_scope(module_name: str) -> str:
     return "/model/" + "/".join(parts) + "/"
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path, int8_kernel: str = "u8u8") -> Path:
+def export_onnx(
+    model: torch.nn.Module, path: str | Path, int8_kernel: str = "u8u8", fuse: bool = False
+) -> Path:
     """Write ``model`` as ONNX: fp32, or, for a torchao int8 model, an int8 graph with the same
     numerics (``int8_graph``; ``int8_kernel`` picks the MatMulInteger operand types, see
-    ``INT8_KERNELS``). Written beside ``path`` and renamed: never half a file."""
+    ``INT8_KERNELS``); ``fuse`` then applies ONNX Runtime's transformer fusions (``fuse_transformer_ops``).
+    Written beside ``path`` and renamed: never half a file."""
     import onnx
 
     if int8_kernel not in INT8_KERNELS:
@@ -99,6 +103,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, int8_kernel: str = "u8
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     wrapper = _LogitsOnly(source, names).eval()  # eval: the exporter restores the wrapper's mode after
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    attention = source.config._attn_implementation
+    if fuse:  # the eager attention graph is the pattern ONNX Runtime's Attention fusion matches (SDPA's is not)
+        source.config._attn_implementation = "eager"
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -115,10 +122,34 @@ def export_onnx(model: torch.nn.Module, path: str | Path, int8_kernel: str = "u8
             exported = onnx.load(str(tmp))
             int8_graph(exported.graph, model, int8_kernel)
             onnx.save(exported, str(tmp))
+        if fuse:  # one head count for all layers, unless pruning made them differ
+            uniform = not getattr(source.config, "shrink_pruned", None)
+            config = source.config
+            fuse_transformer_ops(tmp, config.num_attention_heads * uniform, config.hidden_size * uniform)
         os.replace(tmp, path)
     finally:
+        source.config._attn_implementation = attention
         tmp.unlink(missing_ok=True)
     return path
+
+
+def fuse_transformer_ops(path: str | Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer on an exported graph, in place: attention (with
+    ``num_heads`` and ``hidden_size``; 0 leaves attention unfused, as for pruned layers whose head
+    counts differ), embeddings + LayerNorm, bias + GELU and residual + LayerNorm become fused contrib
+    ops. Returns how many of each were fused; the parity check decides whether the result is kept."""
+    from onnxruntime.transformers import optimizer
+
+    fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    fused.save_model_to_file(str(path))
+    return {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+
+
+def fused_ops(path: str | Path) -> dict[str, int]:
+    """The fused transformer ops (com.microsoft domain) an ONNX file holds."""
+    import onnx
+
+    return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node if n.domain == "com.microsoft"))
 
 
 def _cpuinfo(field: str) -> str:

@@ -36,6 +36,7 @@ from lightning_modules.export import (  # noqa: E402
     OnnxClassifier,
     cpu_name,
     export_onnx,
+    fused_ops,
     input_names,
     parity,
     pytorch_logits,
@@ -68,7 +69,8 @@ def onnx_command(args: argparse.Namespace) -> None:
     report: dict = {}
 
     def build(tmp: Path) -> None:
-        export_onnx(model, tmp / ONNX_FILE, int8_kernel=args.int8_kernel)
+        export_onnx(model, tmp / ONNX_FILE, int8_kernel=args.int8_kernel, fuse=args.fuse)
+        report["fused_ops"] = fused_ops(tmp / ONNX_FILE) if args.fuse else {}
         reference = pytorch_logits(model.eval(), input_names(model))
         report.update(parity(reference, OnnxClassifier(tmp, args.threads, "as-exported"), data.val_dataloader(), task))
         report.update(model=args.model, onnx=str(out), int8=int8, int8_kernel=args.int8_kernel if int8 else None,
@@ -112,6 +114,7 @@ def onnx_card(model, task: str, report: dict, quantization: dict | None, name: s
             "u8s8": "uint8 x int8 (VNNI/AMX CPUs only)",
         }.get(report.get("int8_kernel"), "none"),
         "file size": f"{size / 1e6:.2f} MB",
+        "fused ops (onnxruntime.transformers)": report.get("fused_ops") or "none",
         "exported from": report["model"],
     }
     parity_figures = {
@@ -236,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     onnx.add_argument(
         "--push_to_hub", metavar="REPO_ID", help="also upload the folder to this Hub repository"
     )
+    onnx.add_argument("--fuse", action="store_true", help="ONNX Runtime's transformer fusions (attention, "
+                      "LayerNorm, GELU), kept only if the parity check passes")  # fmt: skip
     onnx.add_argument("--threads", type=int, default=1)
     onnx.add_argument("--overwrite", action="store_true")
     ptq = commands.add_parser("ptq", help="int8 dynamic quantization of an fp32 checkpoint (no training)")

@@ -11,7 +11,7 @@
 set -euo pipefail
 MODELS=${1:?MODELS_DIR}; DATA=${2:?DATA_DIR}; STUDENT=${3:?STUDENT}; OUT=${4:-results/prune}
 TASK=${TASK:-sst2}
-ROWS=${ROWS-12000}; EPOCHS=${EPOCHS:-2}; THREADS=${THREADS:-1}
+ROWS=${ROWS-6000}; EPOCHS=${EPOCHS:-2}; THREADS=${THREADS:-1}
 RUNS=${RUNS:-prune-30 prune-50 layers-4 layers-3}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1
 MINILM="$MODELS/all-MiniLM-L6-v2"

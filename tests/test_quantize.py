@@ -19,6 +19,7 @@ from lightning_modules.export import (
     INT8_KERNELS,
     OnnxClassifier,
     export_onnx,
+    fused_ops,
     has_int8_dot,
     input_names,
     model_inputs,
@@ -179,6 +180,29 @@ def test_onnx_fp32_and_int8_parity(task, head, tmp_path):
     assert ops.count("MatMulInteger") == 6 * TINY["num_hidden_layers"] + 2 * head
     assert ops.count("ReduceMax") == 4 * TINY["num_hidden_layers"] + 2 * head  # Q, K and V share one
     assert "MatMul" in ops  # attention products and the fp32 head
+
+
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_fused_onnx_graphs_keep_parity(task, tmp_path):
+    """ONNX Runtime's transformer fusions: the fp32 graph's attention, embeddings + LayerNorm and
+    residual + LayerNorm become fused ops with the same logits; the int8 graph keeps its arithmetic."""
+    fp32 = tiny_classifier(task)
+    int8 = convert_to_int8(prepare_qat(tiny_classifier(task)))
+    batches = [inputs(seed=s) for s in range(3)]
+    for batch in batches:
+        batch["word_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]).clone()
+        batch["word_ids"][batch["attention_mask"] == 0] = -1
+    for name, model in (("fp32", fp32), ("int8", int8)):
+        path = export_onnx(model, tmp_path / f"{name}.onnx", fuse=True)
+        report = parity(pytorch_logits(model, input_names(model)), OnnxClassifier(path), batches, task)
+        assert report["max_logit_diff"] < 1e-4 and report["agreement"] == 1.0, (name, report)
+        ops = fused_ops(path)
+        if name == "fp32":
+            assert ops.get("Attention") == TINY["num_hidden_layers"] and ops.get("SkipLayerNormalization"), ops
+        else:  # around the integer matmuls, only LayerNorm-level fusions apply
+            assert "Attention" not in ops
+    assert fp32.config._attn_implementation != "eager"  # the model's own attention is restored after export
+    assert fused_ops(export_onnx(fp32, tmp_path / "again.onnx")) == {}
 
 
 @pytest.mark.parametrize("kernel", INT8_KERNELS)
