@@ -44,7 +44,7 @@ class SequenceClassificationDataModule(ClassificationDataModule):
 
     def _normalise(self, rows: list[dict], where: str) -> list[dict]:
         columns = [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
-        for column, option in zip(columns, ("data.text_column", "data.text_pair_column")):
+        for column, option in zip(columns, ("data.text_column", "data.text_pair_column"), strict=False):
             if rows and column not in rows[0]:
                 raise InputError(
                     f"{where} has no text column {column!r} (columns: {sorted(rows[0])}): set {option}"
@@ -114,8 +114,8 @@ def pair_word_ids(encoded, i: int) -> list[int]:
     """Word index of each token of row ``i`` (-1: special or padding), counting the second text's
     words after the first's."""
     words, sequences = encoded.word_ids(i), encoded.sequence_ids(i)
-    first = max((w for w, s in zip(words, sequences) if s == 0 and w is not None), default=-1) + 1
-    return [-1 if w is None else w + first * (s == 1) for w, s in zip(words, sequences)]
+    first = max((w for w, s in zip(words, sequences, strict=True) if s == 0 and w is not None), default=-1) + 1
+    return [-1 if w is None else w + first * (s == 1) for w, s in zip(words, sequences, strict=True)]
 
 
 def _is_fraction(text: str) -> bool:

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             missing = [i + 1 for i, text in enumerate(texts) if "\t" not in text]
             if missing:
                 raise InputError(f"input {missing[0]} has no tab: with --pair give 'text<TAB>second text'")
-            texts, pairs = map(list, zip(*(text.split("\t", 1) for text in texts)))
+            texts, pairs = map(list, zip(*(text.split("\t", 1) for text in texts), strict=True))
             if any(not p.strip() for p in pairs):
                 raise InputError("a second text is empty: with --pair give 'text<TAB>second text'")
         threads = torch.get_num_threads()

@@ -173,7 +173,7 @@ class PruneModule(DistillationModule):
             goal = round(share * self.targets[kind])
             removed = sum(int((m == 0).sum()) for m in masks)
             candidates = []  # (normalised score, layer, unit); each layer keeps its best unit
-            for i, (mask, score) in enumerate(zip(masks, scores)):
+            for i, (mask, score) in enumerate(zip(masks, scores, strict=True)):
                 normalised = score / score.norm().clamp_min(1e-12)  # Michel et al.: per-layer L2
                 kept = torch.nonzero(mask).flatten()
                 ranked = kept[torch.argsort(normalised[kept], descending=True)]

@@ -96,7 +96,7 @@ def prune_model(
     ``pruned_encoder.py`` in ``config.auto_map``, so the saved folder rebuilds these shapes."""
     check_prunable(model)
     d = head_size(model)
-    for layer, heads, neurons in zip(layers(model), head_masks, neuron_masks):
+    for layer, heads, neurons in zip(layers(model), head_masks, neuron_masks, strict=True):
         if not heads.bool().any() or not neurons.bool().any():
             raise InputError("a layer would keep no head or no FFN neuron: lower model.target_sparsity")
         kept = torch.nonzero(heads.bool()).flatten()

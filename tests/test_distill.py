@@ -50,18 +50,22 @@ def trainer(**kwargs) -> L.Trainer:
     return L.Trainer(**(options | kwargs))
 
 
+def fine_tuned_checkpoint(task: str, tmp: Path, model_config: dict = TINY, steps: int = 4) -> str:
+    """A tiny model fine-tuned for ``steps`` on the demo data of ``task``, saved as ``tmp/model.ckpt``."""
+    L.seed_everything(0)
+    dm = datamodule(task, tmp)
+    module = FineTuneModule(model_config=model_config, task=task, label_names=dm.label_names, learning_rate=1e-3)
+    run = trainer(max_steps=steps)
+    run.fit(module, dm)
+    run.save_checkpoint(tmp / "model.ckpt")
+    return str(tmp / "model.ckpt")
+
+
 @pytest.fixture(scope="module", params=["sequence", "token"])
 def teacher(request, tmp_path_factory) -> tuple[str, Path, str]:
     """(task, cache dir, path of a tiny fine-tuned teacher checkpoint)."""
     task, tmp = request.param, tmp_path_factory.mktemp(f"teacher-{request.param}")
-    L.seed_everything(0)
-    dm = datamodule(task, tmp)
-    module = FineTuneModule(model_config=TINY, task=task, label_names=dm.label_names, learning_rate=1e-3)
-    run = trainer()
-    run.fit(module, dm)
-    path = tmp / "teacher.ckpt"
-    run.save_checkpoint(path)
-    return task, tmp, str(path)
+    return task, tmp, fine_tuned_checkpoint(task, tmp)
 
 
 # --- loss formulas --------------------------------------------------------------------------

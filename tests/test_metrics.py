@@ -85,7 +85,8 @@ def test_glue_metrics_match_scikit_learn_on_random_data(seed):
     """CoLA's Matthews correlation and MRPC / QQP's positive-class F1, as the module logs them
     (accumulated over batches), against scikit-learn on the whole set."""
     import torch
-    from sklearn.metrics import accuracy_score, f1_score as sk_f1, matthews_corrcoef
+    from sklearn.metrics import accuracy_score, matthews_corrcoef
+    from sklearn.metrics import f1_score as sk_f1
 
     from lightning_modules.base import computed_metrics, task_metrics
 

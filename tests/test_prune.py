@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
-from lightning_modules import FineTuneModule, PruneModule
+from lightning_modules import PruneModule
 from lightning_modules.base import load_classifier
 from lightning_modules.model_folder import write_model_folder
 from lightning_modules.pruning import (
@@ -21,11 +20,10 @@ from lightning_modules.pruning import (
     head_importance,
     layers,
     neuron_importance,
-    prune_model,
     unit_parameters,
 )
 from tests.conftest import ENV, ROOT, run_cli, run_script
-from tests.test_distill import datamodule, trainer
+from tests.test_distill import datamodule, fine_tuned_checkpoint
 
 TINY4 = {  # 4 heads of 8, 32 FFN neurons per layer: room to prune
     "model_type": "bert",
@@ -42,13 +40,7 @@ TINY4 = {  # 4 heads of 8, 32 FFN neurons per layer: room to prune
 def fitted(request, tmp_path_factory) -> tuple[str, Path, str]:
     """(task, cache dir, a tiny fine-tuned checkpoint)."""
     task, tmp = request.param, tmp_path_factory.mktemp(f"prune-{request.param}")
-    L.seed_everything(0)
-    dm = datamodule(task, tmp)
-    module = FineTuneModule(model_config=TINY4, task=task, label_names=dm.label_names, learning_rate=1e-3)
-    run = trainer(max_steps=6)
-    run.fit(module, dm)
-    run.save_checkpoint(tmp / "model.ckpt")
-    return task, tmp, str(tmp / "model.ckpt")
+    return task, tmp, fine_tuned_checkpoint(task, tmp, TINY4, steps=6)
 
 
 def batch_of(dm, n: int = 8) -> dict[str, torch.Tensor]:
@@ -69,13 +61,13 @@ def test_taylor_scores_equal_the_gradient_of_an_explicit_gate(fitted):
     d = 8
     gates = [(torch.ones(4, requires_grad=True), torch.ones(32, requires_grad=True)) for _ in layers(model)]
     handles = []
-    for layer, (head_gate, neuron_gate) in zip(layers(model), gates):
+    for layer, (head_gate, neuron_gate) in zip(layers(model), gates, strict=True):
         handles.append(layer.attention.output.dense.register_forward_pre_hook(
             lambda m, a, g=head_gate: (a[0] * g.repeat_interleave(d),)))  # fmt: skip
         handles.append(layer.output.dense.register_forward_pre_hook(lambda m, a, g=neuron_gate: (a[0] * g,)))
     loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     loss.backward()
-    for layer, (head_gate, neuron_gate) in zip(layers(model), gates):
+    for layer, (head_gate, neuron_gate) in zip(layers(model), gates, strict=True):
         torch.testing.assert_close(head_importance(layer), head_gate.grad, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(neuron_importance(layer), neuron_gate.grad, atol=1e-6, rtol=1e-4)
         assert head_gate.grad.abs().sum() > 0 and neuron_gate.grad.abs().sum() > 0
