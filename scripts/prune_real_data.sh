@@ -3,7 +3,8 @@
 # parameters (heads and FFN neurons, Taylor importance, KD recovery) against layer dropping at about
 # the same parameter counts (4 and 3 of 6 layers, DistilBERT-style, the same KD recovery), then int8
 # (PTQ) of each and scripts/benchmark.py with ONNX Runtime (1 thread). The teacher of the recovery is
-# the unpruned student (self-distillation) unless TEACHER_CKPT is set; TEACHER_BENCH (optional) adds
+# the unpruned student (self-distillation) unless TEACHER_CKPT is set (with TEACHER_TOKENIZER when its
+# tokenizer differs, e.g. an MPNet teacher); TEACHER_BENCH (optional) adds
 # the teacher's fp32 PyTorch row for the full-chain figures.
 #   scripts/prune_real_data.sh MODELS_DIR DATA_DIR STUDENT [OUT_DIR]
 # STUDENT: the fine-tuned or distilled MiniLM .ckpt / model folder of the task.
@@ -24,6 +25,7 @@ else
 fi
 data+=(--data.num_workers 1 --data.tokenizer "$MINILM" ${ROWS:+--data.max_train_samples $ROWS})
 teacher=${TEACHER_CKPT:-$STUDENT}
+[[ -n ${TEACHER_TOKENIZER:-} ]] && data+=(--data.teacher_tokenizer "$TEACHER_TOKENIZER")
 mkdir -p "$OUT/$TASK"
 best() { python -c "from lightning_modules.cli import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
 want() { [[ " $RUNS " == *" $1 "* ]]; }
