@@ -31,7 +31,10 @@ def lora_model(model: torch.nn.Module, task: str, lora: dict[str, Any]) -> torch
     try:
         return get_peft_model(model, LoraConfig(task_type=task_type, **options))
     except (TypeError, ValueError) as error:
-        raise InputError(f"model.lora {lora}: {str(error).splitlines()[0]}") from None
+        raise InputError(
+            f"model.lora {lora}: {str(error).splitlines()[0]} (the attention projections: [query, value] "
+            "for BERT / RoBERTa, [q, v] for MPNet)"
+        ) from None
 
 
 class FineTuneModule(ClassificationModule):

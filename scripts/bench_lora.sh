@@ -2,17 +2,17 @@
 # LoRA vs full fine-tuning of one model at the same steps (benchmark, not CI): peak memory (max RSS
 # of the process), training time per step, checkpoint size and dev accuracy, SST-2 from local files.
 #   scripts/bench_lora.sh MODEL_DIR DATA_DIR [OUT_DIR]      (MODEL_DIR: e.g. all-mpnet-base-v2)
-#   STEPS=60 BATCH=16 LORA="{r: 8, lora_alpha: 16}" pick the work.
+#   STEPS=60 BATCH=16 LORA="{r: 8, lora_alpha: 16, target_modules: [q, v]}" (MPNet's names) pick the work.
 set -euo pipefail
 MODEL=${1:?MODEL_DIR}; DATA=${2:?DATA_DIR}; OUT=${3:-results/lora}
-STEPS=${STEPS:-60}; BATCH=${BATCH:-16}; LORA=${LORA:-"{r: 8, lora_alpha: 16}"}
+STEPS=${STEPS:-60}; BATCH=${BATCH:-16}; LORA=${LORA:-"{r: 8, lora_alpha: 16, target_modules: [q, v]}"}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 common=(--config configs/sst2/finetune.yaml --model.model_name_or_path "$MODEL" --data.tokenizer "$MODEL"
         --data.data_files "{train: $DATA/sst2/train.tsv, validation: $DATA/sst2/dev.tsv}" --data.num_workers 1
         --data.batch_size "$BATCH" --trainer.max_steps "$STEPS" --trainer.val_check_interval 1.0
         --trainer.max_epochs -1 --data.max_train_samples $((STEPS * BATCH)))
-for run in full lora; do
+for run in ${RUNS:-full lora}; do
   extra=(); lr=3e-5
   [[ $run == lora ]] && extra=(--model.lora "$LORA") && lr=3e-4   # adapters take a higher rate
   start=$(date +%s.%N)

@@ -1,6 +1,6 @@
 """Regression (STS-B-like, one output): Pearson / Spearman against scipy, the MSE distillation loss
-against its formula, and the demo similarity task through fine-tuning, distillation, QAT, ONNX
-export and raw-text prediction."""
+against its formula, and the demo similarity task through fine-tuning, QAT, int8 ONNX export and
+raw-text prediction."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_bad_regression_label_is_one_line(tmp_path):
         dm.encoded_split("train")
 
 
-def test_demo_similarity_fine_tune_distill_qat_export_and_classify(tmp_path, capsys):
+def test_demo_similarity_fine_tune_qat_export_and_classify(tmp_path, capsys):
     common = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
               "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false",
               "--trainer.max_epochs", "1"]  # fmt: skip
@@ -84,10 +84,6 @@ def test_demo_similarity_fine_tune_distill_qat_export_and_classify(tmp_path, cap
     card = (tmp_path / "teacher" / "model" / "README.md").read_text()
     assert "val/pearson" in card and "val/spearman" in card
     teacher_ckpt = str(tmp_path / "teacher" / "checkpoints" / "last.ckpt")
-    student = run_cli("fit", "--config", str(ROOT / "configs/demo/similarity_distill.yaml"), *common,
-                      "--model.init_args.teacher", teacher_ckpt, "--model.init_args.cache_dir", str(tmp_path / "cache"),
-                      "--out_dir", str(tmp_path / "student"), cwd=tmp_path)  # fmt: skip
-    assert student.returncode == 0, student.stderr[-3000:]
     qat = run_cli("fit", "--config", str(ROOT / "configs/demo/similarity_qat.yaml"), *common,
                   "--model.init_args.model_name_or_path", teacher_ckpt, "--model.init_args.teacher", "null",
                   "--out_dir", str(tmp_path / "qat"), cwd=tmp_path)  # fmt: skip
