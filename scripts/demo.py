@@ -2,7 +2,8 @@
 distill it into a 4x smaller student (2 layers x 64), fine-tune the same student without a teacher
 for comparison, quantize the distilled student to int8 (QAT guided by the teacher, and PTQ for
 comparison), prune half of the distilled student's encoder (heads and FFN neurons, recovered with
-KD) and quantize that too, export the QAT students as int8 ONNX folders, print held-out scores, then benchmark
+KD) and quantize that too, export the QAT students as int8 ONNX folders, fine-tune and distill the
+sentence-pair and regression (similarity) tasks, print held-out scores, then benchmark
 teacher vs student vs int8 (PyTorch and the ONNX Runtime folder: metric, size, latency) and print
 that table, each stage's model folder, and the int8 folder classifying a sentence. No downloads; a few minutes on 2 CPU cores.
 
@@ -34,6 +35,7 @@ from lightning_modules import cli  # noqa: E402
 from lightning_modules.cli import best_checkpoint_in  # noqa: E402
 
 TASKS = {"sequence": "test/accuracy", "token": "test/f1"}
+PAIR_TASKS = {"pair": "test/accuracy", "similarity": "test/pearson"}  # review/claim pairs; 0..5 similarity
 STUDENT = (
     "{model_type: bert, vocab_size: 1000, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
     "intermediate_size: 256, max_position_embeddings: 128}"
@@ -164,9 +166,14 @@ def main() -> None:
                   "student pruned 50% QAT int8 (ONNX folder)": pruned_qat / "onnx-int8"}  # fmt: skip
         script("benchmark.py", "--data", qat_config, "--split", "test", "--out", str(out / f"{task}_benchmark"),
                *[arg for name, path in models.items() for arg in ("--model", f"{name}={path}")])  # fmt: skip
+    for task, metric in PAIR_TASKS.items():  # sentence pairs and regression: teacher and distilled student
+        teacher_dir = out / f"{task}_finetune"
+        rows.append((task, "teacher (fine-tuned)", *stage(f"configs/demo/{task}_finetune.yaml", teacher_dir, metric)))
+        rows.append((task, "student, distilled", *stage(f"configs/demo/{task}_distill.yaml", out / f"{task}_distill", metric,
+                     "--model.init_args.teacher", best_checkpoint_in(teacher_dir / "checkpoints"))))  # fmt: skip
     print("\n| task | model | parameters | held-out metric | score | seconds |\n|---|---|---|---|---|---|")
     for task, model, score, seconds, parameters in rows:
-        print(f"| {task} | {model} | {parameters / 1e6:.2f}M | {TASKS[task]} | {score:.4f} | {seconds:.0f} |")
+        print(f"| {task} | {model} | {parameters / 1e6:.2f}M | {(TASKS | PAIR_TASKS)[task]} | {score:.4f} | {seconds:.0f} |")
     for task in TASKS:
         print("\n" + (out / f"{task}_benchmark" / "benchmark.md").read_text())
     print("Hugging Face model folders (transformers.pipeline, from_pretrained, push_to_hub):")

@@ -98,6 +98,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a process of its own: transformers without shrink imported
 def test_pipeline_loads_the_folder_without_shrink_and_predicts_like_shrink_predict(fitted):
     task, tmp, args = fitted
     cli.main(["predict", *args, "--ckpt_path", "best"])

@@ -95,19 +95,30 @@ def test_a_pruned_model_computes_what_the_masked_model_computes_and_reloads(fitt
     per_head, per_neuron = unit_parameters(module.model)
     assert encoder_parameters(module.model) - encoder_parameters(pruned) == 3 * per_head + 34 * per_neuron
     assert encoder_flops(pruned) < encoder_flops(module.model)
-    # the folder a stage writes: shrink reloads it, and transformers does with its remote code only
+    # the folder a stage writes: shrink reloads it (plain transformers: the slow test below)
     folder = tmp_path / "model"
     write_model_folder(module.deployable_model(), dm.tokenizer, folder, "card")
     assert (folder / "pruned_encoder.py").is_file()
     reloaded = load_classifier(str(folder), task).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, masked, atol=1e-5, rtol=0)
-    if task == "token":  # the same code path; one subprocess (10 s of imports) is enough
-        return
-    auto = "AutoModelForSequenceClassification"
+
+
+@pytest.mark.slow  # a process of its own: transformers without shrink imported
+@pytest.mark.parametrize("fitted", ["sequence"], indirect=True)
+def test_a_pruned_folder_loads_in_transformers_with_its_remote_code_only(fitted, tmp_path):
+    task, cache, path = fitted
+    dm = datamodule(task, cache)
+    batch = batch_of(dm)
+    module = PruneModule(model_name_or_path=path, task=task, label_names=dm.label_names, target_sparsity=0.5)
+    module.eval()
+    module.head_mask_0[[1, 3]] = 0
+    module.neuron_mask_1[:20] = 0
+    folder = tmp_path / "model"
+    write_model_folder(module.deployable_model(), dm.tokenizer, folder, "card")
     code = (
         "import json, sys, torch, transformers\n"
-        f"m = transformers.{auto}.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+        "m = transformers.AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
         "ids = torch.tensor(json.loads(sys.argv[2]))\n"
         "print(json.dumps({'names': sorted(sys.modules.keys() & {'lightning_modules', 'datamodules'}),"
         " 'logits': m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.tolist()}))"
