@@ -64,7 +64,7 @@ class ClassificationDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         group_by_length: bool = False,
         num_workers: int = 0,
-        validation_split: str = "validation",
+        validation_split: str | list[str] = "validation",
         test_split: str = "test",
         predict_split: str = "test",
         max_train_samples: int | None = None,
@@ -92,7 +92,10 @@ class ClassificationDataModule(L.LightningDataModule):
                 ``group_by_length``): still random, much less padding, so faster steps on short texts.
             num_workers: worker processes of the validation / test / predict loaders (the training
                 loader runs in the main process, which keeps its saved position exact on resume).
-            validation_split / test_split / predict_split: which split each stage reads.
+            validation_split / test_split / predict_split: which split each stage reads. A list of
+                validation splits (MNLI: ``[validation_matched, validation_mismatched]``) validates on
+                each: the first logs ``val/<metric>`` (what checkpoints monitor), the others
+                ``val_<name>/<metric>``, ``<name>`` without ``validation_`` (``val_mismatched/accuracy``).
             max_train_samples / max_eval_samples: keep only the first N rows (quick runs).
             cache_dir: where tokenized splits and the demo tokenizer are cached.
         """
@@ -113,9 +116,14 @@ class ClassificationDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.group_by_length = group_by_length
         self.num_workers = num_workers
+        validation_splits = [validation_split] if isinstance(validation_split, str) else list(validation_split)
+        if not validation_splits or len(set(validation_splits)) < len(validation_splits):
+            raise InputError(f"data.validation_split is {validation_split}: give one split or distinct splits")
+        # metric prefix -> split of the validation splits after the first (see validation_prefixes)
+        self.extra_validation_splits = {f"val_{split.removeprefix('validation_')}": split for split in validation_splits[1:]}
         self.splits = {
             "fit": "train",
-            "validate": validation_split,
+            "validate": validation_splits[0],
             "test": test_split,
             "predict": predict_split,
         }
@@ -183,13 +191,14 @@ class ClassificationDataModule(L.LightningDataModule):
         return any(row.get(self.label_column_name) is not None for row in rows)
 
     def require_labels(self, stage: str) -> None:
-        """Raise a clear error when the split read by ``stage`` has no labels."""
-        split = self.splits[stage]
-        if not self.has_labels(self.raw_split(split)):
-            raise InputError(
-                f"split {split!r} of {self.source} has no labels (column {getattr(self, self.label_option)!r}): "
-                f"set data.{self.label_option} or use labelled data"
-            )
+        """Raise a clear error when a split read by ``stage`` has no labels."""
+        splits = [self.splits[stage], *(self.extra_validation_splits.values() if stage == "validate" else [])]
+        for split in splits:
+            if not self.has_labels(self.raw_split(split)):
+                raise InputError(
+                    f"split {split!r} of {self.source} has no labels (column {getattr(self, self.label_option)!r}): "
+                    f"set data.{self.label_option} or use labelled data"
+                )
 
     @property
     def label_names(self) -> list[str]:
@@ -356,14 +365,17 @@ class ClassificationDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         self.pad_to_multiple_of = 8 if on_cuda else None
-        if stage == "fit":
-            self.encoded_split(self.splits["fit"])
-            self.encoded_split(self.splits["validate"])
-        else:
-            self.encoded_split(self.splits[stage])
+        stages = ["fit", "validate"] if stage == "fit" else [stage]
+        for name in stages:
+            self.encoded_split(self.splits[name])
+        if "validate" in stages:
+            for split in self.extra_validation_splits.values():
+                self.encoded_split(split)
 
-    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
-        data = self.encoded_split(self.splits[stage])
+    def loader(self, stage: str, shuffle: bool = False, split: str | None = None) -> DataLoader:
+        """The loader of the split that ``stage`` reads (or of ``split``): the training one keeps its
+        position for exact resume; the others batch by ``eval_batch_size``."""
+        data = self.encoded_split(split or self.splits[stage])
         if stage == "fit":
             # a StatefulDataLoader: Lightning saves its position in checkpoints, so a run resumed
             # mid-epoch sees exactly the batches it had not seen. It runs in the main process (the
@@ -387,16 +399,19 @@ class ClassificationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("fit", shuffle=True)
+        return self.loader("fit", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validate")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader, or one per validation split (the first is what ``val/`` scores)."""
+        if not self.extra_validation_splits:
+            return self.loader("validate")
+        return [self.loader("validate")] + [self.loader("validate", split=s) for s in self.extra_validation_splits.values()]
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self.loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        return self.loader("predict")
 
 
 def _tokenizer_digest(tokenizer) -> str:

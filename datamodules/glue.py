@@ -1,7 +1,8 @@
 """The GLUE tasks this project runs, in one place: each task's text columns (``task_to_keys`` of
 transformers' ``run_glue.py``), label names in the hub's order, the metrics beside accuracy and
 macro-F1, the metric that picks the best checkpoint, and the validation / test splits (GLUE's test
-labels are hidden, so ``test`` scores the dev set; MNLI validates on matched, tests on mismatched).
+labels are hidden, so ``test`` scores the dev set; MNLI validates on matched and mismatched, logged as
+``val/accuracy`` and ``val_mismatched/accuracy`` like run_glue.py's two evaluations, and tests on mismatched).
 ``configs/glue/TASK/data.yaml`` are written from this table (a test keeps them equal).
 STS-B is regression (labels None: one output, MSE, Pearson / Spearman / MSE)."""
 
@@ -14,7 +15,7 @@ GLUE_TASKS: dict[str, dict] = {
     "stsb": {"keys": ("sentence1", "sentence2"), "labels": None, "metrics": [], "monitor": "pearson"},  # regression 0..5
     "qqp": {"keys": ("question1", "question2"), "labels": ["not_duplicate", "duplicate"], "metrics": ["f1"], "monitor": "f1"},
     "mnli": {"keys": ("premise", "hypothesis"), "labels": ["entailment", "neutral", "contradiction"], "metrics": [],
-             "monitor": "accuracy", "validation": "validation_matched", "test": "validation_mismatched"},
+             "monitor": "accuracy", "validation": ["validation_matched", "validation_mismatched"], "test": "validation_mismatched"},
     "qnli": {"keys": ("question", "sentence"), "labels": ["entailment", "not_entailment"], "metrics": [], "monitor": "accuracy"},
     "rte": {"keys": ("sentence1", "sentence2"), "labels": ["entailment", "not_entailment"], "metrics": [], "monitor": "accuracy"},
 }  # fmt: skip

@@ -311,6 +311,8 @@ class ClassificationModule(L.LightningModule):
         metrics = task_metrics(task, self.label_names, entity_mode, metrics)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # one collection per extra validation split (MNLI mismatched), made when validation starts
+        self.extra_val_metrics = torch.nn.ModuleDict()
 
     # --- forward ---------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor], **kwargs: Any):
@@ -321,17 +323,20 @@ class ClassificationModule(L.LightningModule):
         return batch["input_ids"].shape[0]
 
     # --- evaluation --------------------------------------------------------------------------
+    def _metrics(self, stage: str) -> MetricCollection:
+        return {"val": self.val_metrics, "test": self.test_metrics}.get(stage) or self.extra_val_metrics[stage]
+
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         output = self(batch, labels=batch["labels"])
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics = self._metrics(stage)
         update_task_metrics(metrics, self.task, self.label_names, predicted(output.logits, self.label_names), batch)
         # weighted by what the loss averages over (sentences, or labelled tokens), so the epoch value
         # is the mean over the whole split however it is batched or split across DDP ranks
         weight = self.batch_size(batch) if self.task == "sequence" else int((batch["labels"] != -100).sum())
-        self.log(f"{stage}/loss", output.loss, batch_size=max(weight, 1), sync_dist=True)
+        self.log(f"{stage}/loss", output.loss, batch_size=max(weight, 1), sync_dist=True, add_dataloader_idx=False)
 
     def _log_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics = self._metrics(stage)
         # metric states are already synced across ranks
         values = computed_metrics(metrics, f"{stage}/")
         self.log_dict(values, sync_dist=False)
@@ -339,18 +344,25 @@ class ClassificationModule(L.LightningModule):
         return values
 
     def on_validation_start(self) -> None:
-        if self.trainer.datamodule is not None:
-            self.trainer.datamodule.require_labels("validate")
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            datamodule.require_labels("validate")
+        self._extra_val_stages = list(getattr(datamodule, "extra_validation_splits", {}))
+        for stage in self._extra_val_stages:
+            if stage not in self.extra_val_metrics:
+                self.extra_val_metrics[stage] = self.val_metrics.clone(prefix=f"{stage}/").to(self.device)
 
     def on_test_start(self) -> None:
         if self.trainer.datamodule is not None:
             self.trainer.datamodule.require_labels("test")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "val" if dataloader_idx == 0 else self._extra_val_stages[dataloader_idx - 1])
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        for stage in self._extra_val_stages:
+            self._log_metrics(stage)
         if not self.trainer.sanity_checking:  # the weights these scores belong to (see the CLI's after_fit)
             self.validated_at_step = self.trainer.global_step
 

@@ -341,7 +341,7 @@ class ShrinkCLI(LightningCLI):
             best = getattr(callback, "best_model_path", "") if callback is not None else ""
             if best and os.path.isfile(best):
                 if self._last_validation_was_best(module, callback):  # these weights, already scored
-                    metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+                    metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "val_"))}
                 else:
                     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
                     module.load_state_dict(state, strict=module.strict_loading)  # LoRA: adapters only
@@ -349,7 +349,7 @@ class ShrinkCLI(LightningCLI):
             validated = self.trainer.validate(
                 module, datamodule=self.datamodule, verbose=getattr(module, "is_int8", False)
             )
-            metrics = validated[0] if validated else {}
+            metrics = {k: v for per_loader in validated for k, v in per_loader.items()}  # MNLI: two splits
         if getattr(module, "is_int8", False):  # QAT converted its model to int8 when fit ended
             self._write_metrics("int8_validate")
         if self.trainer.is_global_zero:

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = checkpoint_tokenizer(checkpoint)
     data = datamodule_from_config(args.data, {"tokenizer": tokenizer, **parse_overrides(args.set)})
     data.setup("validate")
-    batches = list(data.val_dataloader())
+    batches = list(data.loader("validate"))
     reference = pytorch_logits(model, input_names(model))
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -155,7 +155,7 @@ def benchmark(args) -> list[dict]:
             data.setup(SPLIT_STAGE[args.split])
             data_by_tokenizer[tokenizer] = data
         data = data_by_tokenizer[tokenizer]
-        loader = data.val_dataloader() if args.split == "validation" else data.test_dataloader()
+        loader = data.loader("validate" if args.split == "validation" else "test")
         if info["onnx"]:  # the file export verified, as deployed
             from transformers import AutoConfig
 

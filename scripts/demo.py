@@ -3,7 +3,7 @@ distill it into a 4x smaller student (2 layers x 64), fine-tune the same student
 for comparison, quantize the distilled student to int8 (QAT guided by the teacher, and PTQ for
 comparison), prune half of the distilled student's encoder (heads and FFN neurons, recovered with
 KD) and quantize that too, export the QAT students as int8 ONNX folders, fine-tune and distill the
-sentence-pair and regression (similarity) tasks, print held-out scores, then benchmark
+sentence-pair and regression (rating) tasks, print held-out scores, then benchmark
 teacher vs student vs int8 (PyTorch and the ONNX Runtime folder: metric, size, latency) and print
 that table, each stage's model folder, and the int8 folder classifying a sentence. No downloads; a few minutes on 2 CPU cores.
 
@@ -35,7 +35,7 @@ from lightning_modules import cli  # noqa: E402
 from lightning_modules.cli import best_checkpoint_in  # noqa: E402
 
 TASKS = {"sequence": "test/accuracy", "token": "test/f1"}
-PAIR_TASKS = {"pair": "test/accuracy", "similarity": "test/pearson"}  # review/claim pairs; 0..5 similarity
+PAIR_TASKS = {"pair": "test/accuracy", "rating": "test/pearson"}  # review/claim pairs; 0..5 rating
 STUDENT = (
     "{model_type: bert, vocab_size: 1000, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
     "intermediate_size: 256, max_position_embeddings: 128}"

@@ -72,13 +72,13 @@ def onnx_command(args: argparse.Namespace) -> None:
         export_onnx(model, tmp / ONNX_FILE, int8_kernel=args.int8_kernel, fuse=args.fuse)
         report["fused_ops"] = fused_ops(tmp / ONNX_FILE) if args.fuse else {}
         reference = pytorch_logits(model.eval(), input_names(model))
-        report.update(parity(reference, OnnxClassifier(tmp, args.threads, "as-exported"), data.val_dataloader(), task))
+        report.update(parity(reference, OnnxClassifier(tmp, args.threads, "as-exported"), data.loader("validate"), task))
         report.update(model=args.model, onnx=str(out), int8=int8, int8_kernel=args.int8_kernel if int8 else None,
                       task=task, cpu=cpu_name(), parameters=sum(p.numel() for p in model.parameters()))  # fmt: skip
         checks = [report]
         here = OnnxClassifier(tmp, args.threads)  # on VNNI / AMX CPUs shrink runs a u8u8 file as u8s8
         if here.kernel != report["int8_kernel"]:
-            report["as_run_here"] = {"int8_kernel": here.kernel, **parity(reference, here, data.val_dataloader(), task)}
+            report["as_run_here"] = {"int8_kernel": here.kernel, **parity(reference, here, data.loader("validate"), task)}
             checks.append(report["as_run_here"])
         print(json.dumps(report, indent=1))
         for check in checks:

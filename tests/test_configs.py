@@ -15,7 +15,7 @@ RECIPES = sorted(p for p in (ROOT / "configs").glob("*/*.yaml")
 
 
 def test_one_recipe_per_task_and_stage():
-    # (demo sequence, demo token, sst2, conll2003) x 4 stages, demo pairs and similarity x 3 (no pruning)
+    # (demo sequence, demo token, sst2, conll2003) x 4 stages, demo pairs and rating x 3 (no pruning)
     assert len(RECIPES) == 22
 
 
@@ -30,7 +30,7 @@ def test_recipe_resolves_to_a_full_config(recipe, capsys):
                          "PredictionWriter"]  # fmt: skip
     monitor = config["trainer"]["callbacks"][0]["init_args"]["monitor"]
     token = "token" in recipe.stem or recipe.parent.name == "conll2003"
-    assert monitor == ("val/f1" if token else "val/pearson" if "similarity" in recipe.stem else "val/accuracy")
+    assert monitor == ("val/f1" if token else "val/pearson" if "rating" in recipe.stem else "val/accuracy")
     assert config["trainer"]["logger"]["class_path"].endswith("WandbLogger")
     assert config["data"]["class_path"].endswith("TokenClassificationDataModule" if token else
                                                   "SequenceClassificationDataModule")  # fmt: skip

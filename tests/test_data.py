@@ -128,7 +128,7 @@ def test_token_module_keeps_word_ids_and_pads_batches(tmp_path):
         data_files=files, tokenizer="demo", tag_column=3, cache_dir=str(tmp_path / "c"), batch_size=3
     )
     assert dm.label_names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER"]
-    batch = next(iter(dm._loader("fit")))
+    batch = next(iter(dm.loader("fit")))
     assert batch["input_ids"].shape == batch["labels"].shape == batch["word_ids"].shape
     for row in range(3):
         words = batch["word_ids"][row]

@@ -1,5 +1,5 @@
 """Regression (STS-B-like, one output): Pearson / Spearman against scipy, the MSE distillation loss
-against its formula, and the demo similarity task through fine-tuning, QAT, int8 ONNX export and
+against its formula, and the demo rating task through fine-tuning, QAT, int8 ONNX export and
 raw-text prediction."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from tests.conftest import ROOT, run_cli, run_script
 from tests.test_distill import STUDENT, TINY, trainer
 
 
-def similarity_data(tmp_path) -> SequenceClassificationDataModule:
+def rating_data(tmp_path) -> SequenceClassificationDataModule:
     return SequenceClassificationDataModule(
-        dataset="demo", dataset_config="similarity", text_pair_column="text_pair", regression=True,
+        dataset="demo", dataset_config="rating", text_pair_column="text_pair", regression=True,
         tokenizer="demo", cache_dir=str(tmp_path / "cache"), max_train_samples=96, max_eval_samples=32, batch_size=16,
     )  # fmt: skip
 
@@ -41,7 +41,7 @@ def test_pearson_spearman_mse_match_scipy_over_batches():
 
 
 def test_regression_labels_are_numbers_and_kd_is_mse_to_the_teacher(tmp_path):
-    dm = similarity_data(tmp_path)
+    dm = rating_data(tmp_path)
     assert dm.label_names == ["label"]
     dm.setup("fit")
     batch = dm.collate([dict(dm.encoded_split("train")[i]) for i in range(8)])
@@ -74,17 +74,17 @@ def test_bad_regression_label_is_one_line(tmp_path):
         dm.encoded_split("train")
 
 
-def test_demo_similarity_fine_tune_qat_export_and_classify(tmp_path, capsys):
+def test_demo_rating_fine_tune_qat_export_and_classify(tmp_path, capsys):
     common = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
               "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false",
               "--trainer.max_epochs", "1"]  # fmt: skip
-    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo/similarity_finetune.yaml"), *common,
+    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo/rating_finetune.yaml"), *common,
                       "--out_dir", str(tmp_path / "teacher"), cwd=tmp_path)  # fmt: skip
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     card = (tmp_path / "teacher" / "model" / "README.md").read_text()
     assert "val/pearson" in card and "val/spearman" in card
     teacher_ckpt = str(tmp_path / "teacher" / "checkpoints" / "last.ckpt")
-    qat = run_cli("fit", "--config", str(ROOT / "configs/demo/similarity_qat.yaml"), *common,
+    qat = run_cli("fit", "--config", str(ROOT / "configs/demo/rating_qat.yaml"), *common,
                   "--model.init_args.model_name_or_path", teacher_ckpt, "--model.init_args.teacher", "null",
                   "--out_dir", str(tmp_path / "qat"), cwd=tmp_path)  # fmt: skip
     assert qat.returncode == 0, qat.stderr[-3000:]
@@ -93,7 +93,7 @@ def test_demo_similarity_fine_tune_qat_export_and_classify(tmp_path, capsys):
     assert scores["val/mse"] == pytest.approx(scores["val/loss"], rel=1e-5) and -1 <= scores["val/pearson"] <= 1
     out = tmp_path / "onnx-int8"
     export = run_script("export.py", "onnx", "--model", str(tmp_path / "qat" / "model"), "--out", str(out),
-                        "--data", str(ROOT / "configs/demo/similarity_qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",
+                        "--data", str(ROOT / "configs/demo/rating_qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",
                         "--set", "max_eval_samples=64", cwd=tmp_path)  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     assert json.loads((out / "parity.json").read_text())["max_logit_diff"] < 1e-3
