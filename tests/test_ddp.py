@@ -1,6 +1,9 @@
 """Distillation under DDP: 2 CPU processes (gloo), launched as a subprocess with a timeout, never
 inside the pytest process."""
 
+import json
+import re
+
 import pytest
 import torch
 
@@ -32,6 +35,8 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
         timeout=300,
     )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
+    # the GLUE metric set under DDP: MCC beside accuracy / macro-F1, on two validation splits (MNLI-like)
+    scored = ["--model.init_args.metrics", "[mcc]", "--data.init_args.validation_split", "[validation, test]"]
     args = [
         "--config",
         str(ROOT / "configs" / "demo" / "sequence_distill.yaml"),
@@ -49,6 +54,7 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
         str(tmp_path / "cache"),
         "--data.init_args.group_by_length",  # Lightning wraps the grouped sampler for the two ranks
         "true",
+        *scored,
         *small,
     ]
     result = run_cli_process("fit", *args, cwd=tmp_path, timeout=300)  # DDP: never in the pytest process
@@ -61,6 +67,18 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
     )
     assert last["global_step"] == 2
     assert not any("teacher" in key for key in last["state_dict"])
+    # the scores synced over the 2 ranks (each validated half of each split), as the model card has
+    # them, equal one process validating the whole splits with the same weights
+    card = (tmp_path / "student" / "model" / "README.md").read_text()
+    synced = {k: float(v) for k, v in re.findall(r"^\| (val[^ ]*/(?:accuracy|f1_macro|mcc)) \| ([-0-9.]+) \|$", card, re.M)}
+    assert sorted(synced) == sorted(f"{p}/{m}" for p in ("val", "val_test") for m in ("accuracy", "f1_macro", "mcc"))
+    alone = run_cli("validate", *args[:2], "--model.init_args.teacher", str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
+                    "--ckpt_path", str(tmp_path / "student" / "checkpoints" / "last.ckpt"), "--out_dir", str(tmp_path / "alone"),
+                    *scored, *small, cwd=tmp_path)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    metrics = json.loads((tmp_path / "alone" / "validate_metrics.json").read_text())
+    for key, value in synced.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-4), key  # the card rounds to 4 decimals
 
 
 @pytest.mark.slow
