@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 class PruneModule(DistillationModule):
     teacher_required = False
+    compilable = False
 
     def __init__(
         self,

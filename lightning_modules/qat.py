@@ -31,6 +31,7 @@ import_torchao()  # lets Lightning's torch.load(weights_only=True) read int8 che
 
 class QATModule(DistillationModule):
     teacher_required = False
+    compilable = False
 
     def __init__(
         self,

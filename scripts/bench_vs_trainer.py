@@ -14,6 +14,8 @@ from the first to the last training step, no validation inside); process start-u
 reported apart. Seconds per extra row are the slope between the two row counts, so fixed costs
 cancel. Then both score the dev split (accuracy or entity F1), so a speed-up that changes learning
 shows. Runs are interleaved (shrink, Trainer, shrink, ...) so machine noise hits both alike.
+``--compile`` adds shrink with ``model.torch_compile`` (inductor): its compile time lands in the
+training clock's fixed part (reported), its per-row cost in the slope.
 Writes bench_vs_trainer.md / .json under --out.
 """
 
@@ -104,7 +106,7 @@ print(json.dumps({"train_s": out.metrics["train_runtime"], "startup_s": loaded, 
 """
 
 
-def run_shrink(args, rows: int, out: Path) -> dict:
+def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
     config = ROOT / "configs" / ("sst2" if args.task == "sequence" else "conll2003") / "finetune.yaml"
     files = f"{{train: {args.train}, validation: {args.dev}}}"
     cli = [
@@ -120,6 +122,8 @@ def run_shrink(args, rows: int, out: Path) -> dict:
     ]  # fmt: skip
     if args.task == "token":
         cli += ["--data.init_args.tag_column", "3"]
+    if compiled:  # inductor, dynamic shapes: its compile time falls in the first steps, so in the fixed cost
+        cli += ["--model.init_args.torch_compile", "true"]
     started = time.perf_counter()
     result = subprocess.run(cli, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="offline"))
     total = time.perf_counter() - started
@@ -165,14 +169,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--grouped", action="store_true", help="length-grouped batches in both")
+    parser.add_argument("--compile", action="store_true", help="also shrink with model.torch_compile (inductor)")
     parser.add_argument("--out", default="results/bench_vs_trainer")
     args = parser.parse_args(argv)
-    runs = {tool: {n: [] for n in args.rows} for tool in ("shrink", "trainer")}
+    tools = {"shrink": run_shrink, "trainer": run_trainer}
+    if args.compile:
+        tools["shrink compiled"] = lambda *a: run_shrink(*a, compiled=True)
+    runs = {tool: {n: [] for n in args.rows} for tool in tools}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
             for rows in args.rows:
-                for tool, run in (("shrink", run_shrink), ("trainer", run_trainer)):
-                    result = run(args, rows, Path(tmp) / f"{tool}-{rows}-{rep}")
+                for tool, run in tools.items():
+                    result = run(args, rows, Path(tmp) / f"{tool.replace(' ', '-')}-{rows}-{rep}")
                     runs[tool][rows].append(result)
                     print(f"rep {rep} rows {rows} {tool}: {json.dumps(result)}", file=sys.stderr, flush=True)
     small, large = args.rows
@@ -184,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         summary[tool] = {
             "ms_per_row": [round(1000 * s, 2) for s in slopes],
+            # the training clock at 0 rows: what compiling (and the first steps) cost once
+            "fixed_train_s_median": round(statistics.median(
+                a["train_s"] - small * s for a, s in zip(by_rows[small], slopes, strict=True)), 1),  # fmt: skip
             "ms_per_row_median": round(1000 * statistics.median(slopes), 2),
             "other_s_median": round(
                 statistics.median(r["other_s"] for rs in by_rows.values() for r in rs), 1
@@ -191,23 +202,25 @@ def main(argv: list[str] | None = None) -> None:
             f"dev_metric_{large}_rows": [round(r["metric"], 4) for r in by_rows[large]],
         }
     speed = summary["trainer"]["ms_per_row_median"] / summary["shrink"]["ms_per_row_median"]
+    speeds = {tool: round(summary["trainer"]["ms_per_row_median"] / v["ms_per_row_median"], 2)
+              for tool, v in summary.items() if tool != "trainer"}  # fmt: skip
     from lightning_modules.export import cpu_name
 
     record = {"args": vars(args), "cpu": cpu_name(), "summary": summary, "shrink_speed_vs_trainer": round(speed, 2),
-              "runs": runs}  # fmt: skip
+              "speed_vs_trainer": speeds, "runs": runs}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.task}-{'grouped' if args.grouped else 'random'}-{args.precision}"
+    name = f"{args.task}-{'grouped' if args.grouped else 'random'}-{args.precision}{'-compile' if args.compile else ''}"
     (out / f"{name}.json").write_text(json.dumps(record, indent=1))
     lines = [
         f"{args.task}, {'length-grouped' if args.grouped else 'random'} batches, precision {args.precision}, "
         f"{Path(args.model).name}, batch {args.batch_size}, rows {small} -> {large}, {args.reps} reps, {cpu_name()}",
         "",
-        "| tool | ms per row (each rep) | median | start-up + load + eval (s) | dev metric |",
-        "|---|---|---|---|---|",
+        "| tool | ms per row (each rep) | median | speed vs Trainer | training clock at 0 rows (s) | start-up + load + eval (s) | dev metric |",
+        "|---|---|---|---|---|---|---|",
         *[
-            f"| {tool} | {v['ms_per_row']} | {v['ms_per_row_median']} | {v['other_s_median']} | "
-            f"{v[f'dev_metric_{large}_rows']} |"
+            f"| {tool} | {v['ms_per_row']} | {v['ms_per_row_median']} | {speeds.get(tool, 1.0):.2f}x | "
+            f"{v['fixed_train_s_median']} | {v['other_s_median']} | {v[f'dev_metric_{large}_rows']} |"
             for tool, v in summary.items()
         ],
         "",

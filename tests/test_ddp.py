@@ -1,5 +1,5 @@
-"""Distillation under DDP: 2 CPU processes (gloo), launched as a subprocess with a timeout, never
-inside the pytest process."""
+"""Distillation (compiled student, teacher cache, GLUE metrics on two splits) and pruning under DDP:
+2 CPU processes (gloo), launched as a subprocess with a timeout, never inside the pytest process."""
 
 import json
 import re
@@ -54,6 +54,8 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
         str(tmp_path / "cache"),
         "--data.init_args.group_by_length",  # Lightning wraps the grouped sampler for the two ranks
         "true",
+        "--model.init_args.torch_compile",  # the student compiled inside DDP (AOT autograd, no kernel generation)
+        "aot_eager",
         *scored,
         *small,
     ]
@@ -67,6 +69,7 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
     )
     assert last["global_step"] == 2
     assert not any("teacher" in key for key in last["state_dict"])
+    assert last["hyper_parameters"]["torch_compile"] == "aot_eager"
     # the scores synced over the 2 ranks (each validated half of each split), as the model card has
     # them, equal one process validating the whole splits with the same weights
     card = (tmp_path / "student" / "model" / "README.md").read_text()
