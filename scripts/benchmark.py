@@ -1,5 +1,6 @@
 """Accuracy vs latency vs size, side by side in one run: teacher fp32, student fp32, student PTQ
-int8, student QAT int8, each in PyTorch and (``--onnx``) ONNX Runtime on CPU.
+int8, student QAT int8, each in PyTorch, (``--compile``) compiled PyTorch and (``--onnx``) ONNX
+Runtime on CPU.
 
     python scripts/benchmark.py --data configs/sst2/qat.yaml --onnx --out results/benchmark/sst2 \\
         --model "teacher fp32=outputs/sst2/finetune/checkpoints/BEST.ckpt" \\
@@ -169,6 +170,9 @@ def benchmark(args) -> list[dict]:
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
             params = sum(p.numel() for p in model.parameters())
             runtimes = [("pytorch", pytorch_logits(model, input_names(model)), weights_bytes(model))]
+            if args.compile and not int8:  # compiled while the metric is computed, so the timings are warm
+                compiled = torch.compile(model, dynamic=True, backend=args.compile)
+                runtimes.append(("pytorch compiled", pytorch_logits(compiled, input_names(model)), weights_bytes(model)))
         if args.onnx and not info["onnx"]:  # convenience: export here (scripts/export.py also checks parity)
             onnx_path = Path(args.out) / "onnx" / f"{name.replace(' ', '_')}.onnx"
             export_onnx(model, onnx_path)
@@ -294,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         "--out", required=True, help="folder for benchmark.md / .json / .png and the .onnx files"
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch and ONNX Runtime")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="add a torch.compile row (dynamic shapes; inductor unless named) for each fp32 PyTorch model")  # fmt: skip
     parser.add_argument("--latency-samples", type=int, default=200, help="real sentences timed at batch 1")
     parser.add_argument("--long-repeats", type=int, default=30, help="timed runs at 128 tokens")
     parser.add_argument("--throughput-batches", type=int, default=5, help="timed batches of 32")
