@@ -75,12 +75,16 @@ def test_taylor_scores_equal_the_gradient_of_an_explicit_gate(fitted):
         handle.remove()
 
 
-def test_a_pruned_model_computes_what_the_masked_model_computes_and_reloads(fitted, tmp_path):
+def unpruned(fitted) -> tuple:
+    """The fitted model in a PruneModule (eval mode) with its data and a batch."""
     task, cache, path = fitted
     dm = datamodule(task, cache)
-    batch = batch_of(dm)
     module = PruneModule(model_name_or_path=path, task=task, label_names=dm.label_names, target_sparsity=0.5)
-    module.eval()
+    return task, dm, batch_of(dm), module.eval()
+
+
+def test_a_pruned_model_computes_what_the_masked_model_computes_and_reloads(fitted, tmp_path):
+    task, dm, batch, module = unpruned(fitted)
     head_masks, neuron_masks = module.masks("head"), module.masks("neuron")
     head_masks[0][[1, 3]] = 0
     head_masks[2][0] = 0
@@ -107,11 +111,7 @@ def test_a_pruned_model_computes_what_the_masked_model_computes_and_reloads(fitt
 @pytest.mark.slow  # a process of its own: transformers without shrink imported
 @pytest.mark.parametrize("fitted", ["sequence"], indirect=True)
 def test_a_pruned_folder_loads_in_transformers_with_its_remote_code_only(fitted, tmp_path):
-    task, cache, path = fitted
-    dm = datamodule(task, cache)
-    batch = batch_of(dm)
-    module = PruneModule(model_name_or_path=path, task=task, label_names=dm.label_names, target_sparsity=0.5)
-    module.eval()
+    task, dm, batch, module = unpruned(fitted)
     module.head_mask_0[[1, 3]] = 0
     module.neuron_mask_1[:20] = 0
     folder = tmp_path / "model"
