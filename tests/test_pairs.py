@@ -1,6 +1,7 @@
 """Sentence pairs: the pair encoding and its truncation for two tokenizers, word ids that line up
-the same example across tokenizers, and the demo pair task through fine-tuning, cross-tokenizer
-distillation, ONNX export and raw-text prediction (QAT and int8 export of pairs: test_regression)."""
+the same example across tokenizers, each of several validation splits scored apart (MNLI), and the
+demo pair task through fine-tuning, cross-tokenizer distillation, ONNX export, raw-text prediction,
+pruning and the benchmark (QAT and int8 export of pairs: test_regression)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def test_an_empty_second_text_is_one_line(tmp_path):
         dm.raw_split("train")
 
 
-def test_demo_pairs_fine_tune_distill_across_tokenizers_export_and_classify(tmp_path, capsys):
+def test_demo_pairs_fine_tune_distill_across_tokenizers_export_classify_prune_and_benchmark(tmp_path, capsys):
     common = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
               "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]  # fmt: skip
     teacher = run_cli("fit", "--config", str(ROOT / "configs/demo/pair_finetune.yaml"), *common,
@@ -132,3 +133,19 @@ def test_demo_pairs_fine_tune_distill_across_tokenizers_export_and_classify(tmp_
         outputs[model] = json.loads(capsys.readouterr().out.strip())
         assert outputs[model]["text"] == review and outputs[model]["text_pair"] == claim
         assert outputs[model]["label"] in ("same_subject", "other_subject")
+    # pruning takes pairs too (self-distilled: the unpruned teacher teaches), and the benchmark times
+    # real pair lengths: the fp32 ONNX folder scores what the PyTorch teacher scores
+    pruned = run_cli("fit", "--config", str(ROOT / "configs/demo/sequence_prune.yaml"), "--data",
+                     str(ROOT / "configs/demo/pair_data.yaml"), *common, "--model.init_args.model_name_or_path",
+                     teacher_ckpt, "--model.init_args.teacher", "null", "--model.init_args.cache_dir",
+                     str(tmp_path / "cache"), "--trainer.max_epochs", "4", "--out_dir", str(tmp_path / "pruned"),
+                     cwd=tmp_path)  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    bench = tmp_path / "bench"
+    result = run_script("benchmark.py", "--model", f"teacher={tmp_path / 'teacher' / 'model'}", "--model", f"onnx={out}",
+                        "--model", f"pruned={tmp_path / 'pruned' / 'model'}", "--data", str(ROOT / "configs/demo/pair_qat.yaml"),
+                        "--set", f"cache_dir={tmp_path / 'cache'}", "--max-eval-samples", "64", "--out", str(bench),
+                        "--latency-samples", "8", "--long-repeats", "2", "--throughput-batches", "1", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher_row, onnx_row, pruned_row = json.loads((bench / "benchmark.json").read_text())["rows"]
+    assert onnx_row["accuracy"] == teacher_row["accuracy"] and pruned_row["params_m"] < teacher_row["params_m"]
