@@ -119,7 +119,7 @@ class ClassificationDataModule(L.LightningDataModule):
         validation_splits = [validation_split] if isinstance(validation_split, str) else list(validation_split)
         if not validation_splits or len(set(validation_splits)) < len(validation_splits):
             raise InputError(f"data.validation_split is {validation_split}: give one split or distinct splits")
-        # metric prefix -> split of the validation splits after the first (see validation_prefixes)
+        # the validation splits after the first, by the metric prefix they log under
         self.extra_validation_splits = {f"val_{split.removeprefix('validation_')}": split for split in validation_splits[1:]}
         self.splits = {
             "fit": "train",

@@ -133,16 +133,15 @@ def export_onnx(
     return path
 
 
-def fuse_transformer_ops(path: str | Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
+def fuse_transformer_ops(path: str | Path, num_heads: int = 0, hidden_size: int = 0) -> None:
     """ONNX Runtime's transformer optimizer on an exported graph, in place: attention (with
     ``num_heads`` and ``hidden_size``; 0 leaves attention unfused, as for pruned layers whose head
     counts differ), embeddings + LayerNorm, bias + GELU and residual + LayerNorm become fused contrib
-    ops. Returns how many of each were fused; the parity check decides whether the result is kept."""
+    ops (``fused_ops`` counts them in the file); the parity check decides whether the result is kept."""
     from onnxruntime.transformers import optimizer
 
     fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
     fused.save_model_to_file(str(path))
-    return {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
 
 
 def fused_ops(path: str | Path) -> dict[str, int]:
