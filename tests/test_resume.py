@@ -137,6 +137,25 @@ def recipe_teachers(tmp_path_factory) -> dict[str, Path]:
     return found
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(recipe_teachers, tmp_path_factory):
+    """``(stage, task) -> final checkpoint`` of the shipped recipe run without interruption, in a
+    process of its own: trained once per module and shared by every test that compares a killed run
+    with it (the same command gives the same run)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    runs = {}
+
+    def final(stage: str, task: str) -> dict:
+        if (stage, task) not in runs:
+            extra = stage_extra(stage, recipe_teachers[task], tmp)
+            result = run_cli_process("fit", *recipe_args(stage, task, tmp, f"{stage}-{task}", *extra), cwd=tmp)
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[stage, task] = final_state(tmp / f"{stage}-{task}")
+        return runs[stage, task]
+
+    return final
+
+
 def stage_extra(stage: str, teacher: Path, tmp: Path) -> list[str]:
     if stage == "finetune":
         return []
@@ -154,12 +173,9 @@ def stage_extra(stage: str, teacher: Path, tmp: Path) -> list[str]:
     [(s, t) for s in ("finetune", "distill", "qat") for t in ("sequence", "token")] + [("prune", "sequence")],
 )
 def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninterrupted_run(
-    stage, task, recipe_teachers, tmp_path
+    stage, task, recipe_teachers, uninterrupted, tmp_path
 ):
     extra = stage_extra(stage, recipe_teachers[task], tmp_path)
-    whole = run_cli_process("fit", *recipe_args(stage, task, tmp_path, "whole", *extra), cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     process = start(*recipe_args(stage, task, tmp_path, "killed", *extra), cwd=tmp_path)
     wait_for_step(process, last, 50)
@@ -171,7 +187,7 @@ def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninter
     )
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
-    assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"), RECIPE_STEPS)
+    assert_same_training(uninterrupted(stage, task), final_state(tmp_path / "killed"), RECIPE_STEPS)
     if stage == "prune":  # the killed run had pruned 6 of 8 times: the resumed one finished the schedule
         state = final_state(tmp_path / "killed")["state_dict"]
         assert int(state["events_done"]) == 8 and min(int(v.sum()) for k, v in state.items() if "_mask_" in k) >= 1
@@ -208,10 +224,8 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_preemption_signal_writes_a_checkpoint_and_the_next_run_resumes(signum, tmp_path):
+def test_preemption_signal_writes_a_checkpoint_and_the_next_run_resumes(signum, uninterrupted, tmp_path):
     """The shipped recipe, preempted right after its step-50 checkpoint (mid-epoch)."""
-    whole = run_cli_process("fit", *recipe_args("finetune", "sequence", tmp_path, "whole"), cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr[-3000:]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     process = start(*recipe_args("finetune", "sequence", tmp_path, "run"), cwd=tmp_path)
     wait_for_step(process, last, 50)
@@ -225,7 +239,7 @@ def test_preemption_signal_writes_a_checkpoint_and_the_next_run_resumes(signum, 
         "fit", *recipe_args("finetune", "sequence", tmp_path, "run"), "--ckpt_path", "last", cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "run"), RECIPE_STEPS)
+    assert_same_training(uninterrupted("finetune", "sequence"), final_state(tmp_path / "run"), RECIPE_STEPS)
     # the resumed run logged into the same W&B run (offline run folders end with the run id)
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
