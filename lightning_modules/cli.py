@@ -292,7 +292,9 @@ class ShrinkCLI(LightningCLI):
             if getattr(item, "class_path", "").endswith("WandbLogger") and not item.init_args.get("name"):
                 item.init_args.name = Path(out_dir).name  # the recipes share one logger file
         for callback in trainer.get("callbacks") or []:
-            args = callback.init_args
+            args = callback.get("init_args")  # absent for a callback class without arguments
+            if args is None:
+                continue
             if callback.class_path.endswith("ModelCheckpoint") and not args.get("dirpath"):
                 args.dirpath = os.path.join(out_dir, "checkpoints")
             if callback.class_path.endswith("PredictionWriter") and not args.get("output_file"):

@@ -31,79 +31,101 @@ import tempfile
 import time
 from pathlib import Path
 
+STARTED = time.perf_counter()  # a Trainer child's start-up is timed from here
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # datamodules.readers: the Trainer reads the rows shrink reads
 
-TRAINER = r"""
-import json, sys, time
-start = time.perf_counter()
-import numpy as np, torch
-from datasets import Dataset
-from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
-    DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments)
-sys.path.insert(0, sys.argv[2])
-from datamodules.readers import read_conll, read_table  # the same rows shrink reads
-a = json.loads(sys.argv[1])
-tok = AutoTokenizer.from_pretrained(a["model"])
-if a["task"] == "sequence":
-    def rows(path, n=None):
-        r = read_table(path)[:n]
-        return [x["sentence"] for x in r], [int(x["label"]) for x in r]
-    texts, labels = rows(a["train"], a["rows"])
-    def encode(texts, labels):
-        e = tok(texts, truncation=True, max_length=a["max_length"])
-        return Dataset.from_dict({**e, "labels": labels})
-    names = ["negative", "positive"]
-    auto, collator = AutoModelForSequenceClassification, DataCollatorWithPadding(tok)
-else:
-    def rows(path, n=None):
-        r = read_conll(path, 3)[:n]
-        return [x["tokens"] for x in r], [x["tags"] for x in r]
-    texts, tags = rows(a["train"], a["rows"])
-    names = ["O"] + sorted({t for s in tags for t in s} - {"O"})
-    ids = {n: i for i, n in enumerate(names)}
-    def encode(texts, tags):
-        e = tok(texts, is_split_into_words=True, truncation=True, max_length=a["max_length"])
-        labels = []
-        for i, t in enumerate(tags):
-            previous, row = None, []
-            for w in e.word_ids(i):
-                row.append(-100 if w is None or w == previous else ids[t[w]])
-                previous = w
-            labels.append(row)
-        return Dataset.from_dict({**e, "labels": labels})
-    labels = tags
-    auto, collator = AutoModelForTokenClassification, DataCollatorForTokenClassification(tok)
-train = encode(texts, labels)
-model = auto.from_pretrained(a["model"], num_labels=len(names), id2label=dict(enumerate(names)),
-                             label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)
-loaded = time.perf_counter() - start
-import inspect
-options = inspect.signature(TrainingArguments.__init__).parameters
-version = {}  # transformers 5: warmup_steps takes a ratio, train_sampling_strategy replaces group_by_length
-if "warmup_ratio" in options:
-    version["warmup_ratio"], version["group_by_length"] = a["warmup_ratio"], a["grouped"]
-else:
-    version["warmup_steps"] = a["warmup_ratio"]
-    version["train_sampling_strategy"] = "group_by_length" if a["grouped"] else "random"
-args = TrainingArguments(output_dir=a["out"], per_device_train_batch_size=a["batch_size"], learning_rate=a["lr"],
-    weight_decay=0.01, adam_epsilon=1e-8, num_train_epochs=1, lr_scheduler_type="linear",
-    bf16=a["precision"] == "bf16-mixed", save_strategy="no", eval_strategy="no",
-    report_to=[], logging_steps=50, seed=42, disable_tqdm=True, dataloader_num_workers=0, **version)
-trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
-out = trainer.train()
-dev_texts, dev_labels = rows(a["dev"])
-pred = trainer.predict(encode(dev_texts, dev_labels))
-if a["task"] == "sequence":
-    metric = float((pred.predictions.argmax(-1) == np.array(dev_labels)).mean())
-else:
-    from seqeval.metrics import f1_score
-    from seqeval.scheme import IOB2
-    p, l = pred.predictions.argmax(-1), pred.label_ids
-    y_true = [[names[x] for x, m in zip(lr, lr) if m != -100] for lr in l]
-    y_pred = [[names[x] for x, m in zip(pr, lr) if m != -100] for pr, lr in zip(p, l)]
-    metric = float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2))
-print(json.dumps({"train_s": out.metrics["train_runtime"], "startup_s": loaded, "metric": metric}))
-"""
+def trainer_setup(a: dict):
+    """The Trainer's side as a user writes it, on the rows shrink reads: the model, the encoded
+    training rows, the collator, and a function scoring a trained Trainer on the dev split."""
+    import numpy as np
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+    )
+
+    from datamodules.readers import read_conll, read_table
+
+    tok = AutoTokenizer.from_pretrained(a["model"])
+    if a["task"] == "sequence":
+        def rows(path, n=None):
+            r = read_table(path)[:n]
+            return [x["sentence"] for x in r], [int(x["label"]) for x in r]
+
+        def encode(texts, labels):
+            e = tok(texts, truncation=True, max_length=a["max_length"])
+            return Dataset.from_dict({**e, "labels": labels})
+
+        texts, labels = rows(a["train"], a["rows"])
+        names = ["negative", "positive"]
+        auto, collator = AutoModelForSequenceClassification, DataCollatorWithPadding(tok)
+    else:
+        def rows(path, n=None):
+            r = read_conll(path, 3)[:n]
+            return [x["tokens"] for x in r], [x["tags"] for x in r]
+
+        texts, labels = rows(a["train"], a["rows"])
+        names = ["O"] + sorted({t for s in labels for t in s} - {"O"})
+        ids = {n: i for i, n in enumerate(names)}
+
+        def encode(texts, tags):
+            e = tok(texts, is_split_into_words=True, truncation=True, max_length=a["max_length"])
+            labels = []
+            for i, t in enumerate(tags):
+                previous, row = None, []
+                for w in e.word_ids(i):
+                    row.append(-100 if w is None or w == previous else ids[t[w]])
+                    previous = w
+                labels.append(row)
+            return Dataset.from_dict({**e, "labels": labels})
+
+        auto, collator = AutoModelForTokenClassification, DataCollatorForTokenClassification(tok)
+    model = auto.from_pretrained(a["model"], num_labels=len(names), id2label=dict(enumerate(names)),
+                                 label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)  # fmt: skip
+
+    def evaluate(trainer) -> float:
+        dev_texts, dev_labels = rows(a["dev"])
+        pred = trainer.predict(encode(dev_texts, dev_labels))
+        if a["task"] == "sequence":
+            return float((pred.predictions.argmax(-1) == np.array(dev_labels)).mean())
+        from seqeval.metrics import f1_score
+        from seqeval.scheme import IOB2
+
+        p, gold = pred.predictions.argmax(-1), pred.label_ids
+        y_true = [[names[x] for x in g if x != -100] for g in gold]
+        y_pred = [[names[x] for x, g in zip(pr, gr, strict=True) if g != -100] for pr, gr in zip(p, gold, strict=True)]
+        return float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2))
+
+    return model, encode(texts, labels), collator, evaluate
+
+
+def trainer_child(a: dict) -> None:
+    """One Trainer run in its own process (``--trainer-child SPEC``): prints its timings as JSON."""
+    import inspect
+
+    from transformers import Trainer, TrainingArguments
+
+    model, train, collator, evaluate = trainer_setup(a)
+    loaded = time.perf_counter() - STARTED
+    options = inspect.signature(TrainingArguments.__init__).parameters
+    version = {}  # transformers 5: warmup_steps takes a ratio, train_sampling_strategy replaces group_by_length
+    if "warmup_ratio" in options:
+        version["warmup_ratio"], version["group_by_length"] = a["warmup_ratio"], a["grouped"]
+    else:
+        version["warmup_steps"] = a["warmup_ratio"]
+        version["train_sampling_strategy"] = "group_by_length" if a["grouped"] else "random"
+    args = TrainingArguments(output_dir=a["out"], per_device_train_batch_size=a["batch_size"], learning_rate=a["lr"],
+        weight_decay=0.01, adam_epsilon=1e-8, num_train_epochs=1, lr_scheduler_type="linear",
+        bf16=a["precision"] == "bf16-mixed", save_strategy="no", eval_strategy="no",
+        report_to=[], logging_steps=50, seed=42, disable_tqdm=True, dataloader_num_workers=0, **version)  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+    out = trainer.train()
+    print(json.dumps({"train_s": out.metrics["train_runtime"], "startup_s": loaded, "metric": evaluate(trainer)}))
+
 
 
 def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
@@ -144,7 +166,7 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
 def run_trainer(args, rows: int, out: Path) -> dict:
     spec = {**vars(args), "rows": rows, "out": str(out / "hf")}
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", TRAINER, json.dumps(spec), str(ROOT)], capture_output=True,
+    result = subprocess.run([sys.executable, __file__, "--trainer-child", json.dumps(spec)], capture_output=True,
                             text=True, env=dict(os.environ, WANDB_MODE="disabled"))  # fmt: skip
     total = time.perf_counter() - started
     if result.returncode != 0:
@@ -154,6 +176,9 @@ def run_trainer(args, rows: int, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--trainer-child"]:  # internal: one Trainer run, spawned by run_trainer
+        return trainer_child(json.loads(argv[1]))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
