@@ -38,6 +38,30 @@ from lightning_modules.quantize import dequantized, is_int8_weight, is_quantized
 OPSET = 17
 ONNX_FILE = "model.onnx"  # the file name optimum's ORTModel classes look for in a folder
 INT8_KERNELS = ("u8u8", "u8s8")  # MatMulInteger operand types; u8u8 is exact on every CPU (see above)
+# ONNX Runtime execution providers by name, each with its fallbacks (nodes a provider lacks run on the
+# next); TensorRT builds an fp16 engine (and caches nothing: the first batch of each shape is slow)
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": [("TensorrtExecutionProvider", {"trt_fp16_enable": True}), "CUDAExecutionProvider", "CPUExecutionProvider"],
+}  # fmt: skip
+
+
+def session_providers(provider: str) -> list:
+    """ONNX Runtime's provider list for ``provider`` (cpu, cuda, tensorrt); one line when this
+    ONNX Runtime lacks it (the CPU wheel has no CUDA or TensorRT)."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise InputError(f"provider {provider!r} is not one of {sorted(PROVIDERS)}")
+    wanted = PROVIDERS[provider][0]
+    wanted = wanted[0] if isinstance(wanted, tuple) else wanted
+    if wanted not in ort.get_available_providers():
+        raise InputError(
+            f"this ONNX Runtime has no {wanted} (it has {', '.join(ort.get_available_providers())}): "
+            "on a GPU machine `pip install onnxruntime-gpu` (in place of onnxruntime), or use --provider cpu"
+        )
+    return PROVIDERS[provider]
 
 
 def input_names(model: torch.nn.Module) -> list[str]:
@@ -80,12 +104,17 @@ def onnx_scope(module_name: str) -> str:
 
 
 def export_onnx(
-    model: torch.nn.Module, path: str | Path, int8_kernel: str = "u8u8", fuse: bool = False
+    model: torch.nn.Module,
+    path: str | Path,
+    int8_kernel: str = "u8u8",
+    fuse: bool = False,
+    fp16: bool = False,
 ) -> Path:
     """Write ``model`` as ONNX: fp32, or, for a torchao int8 model, an int8 graph with the same
     numerics (``int8_graph``; ``int8_kernel`` picks the MatMulInteger operand types, see
-    ``INT8_KERNELS``); ``fuse`` then applies ONNX Runtime's transformer fusions (``fuse_transformer_ops``).
-    Written beside ``path`` and renamed: never half a file."""
+    ``INT8_KERNELS``); ``fuse`` then applies ONNX Runtime's transformer fusions (``fuse_transformer_ops``);
+    ``fp16`` (fp32 models, for GPUs) stores weights and computes in float16, with int64 inputs and
+    float32 logits as before. Written beside ``path`` and renamed: never half a file."""
     import onnx
 
     if int8_kernel not in INT8_KERNELS:
@@ -96,6 +125,8 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     int8 = is_quantized(model)
+    if fp16 and int8:
+        raise InputError("fp16 export is for fp32 models; this one is int8: export it without --fp16")
     source = dequantized(model) if int8 else model
     source.eval()
     names = input_names(source)
@@ -126,6 +157,10 @@ def export_onnx(
             uniform = not getattr(source.config, "shrink_pruned", None)
             config = source.config
             fuse_transformer_ops(tmp, config.num_attention_heads * uniform, config.hidden_size * uniform)
+        if fp16:  # keep_io_types: callers feed the same int64 ids and read float32 logits
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(tmp)), keep_io_types=True), str(tmp))
         os.replace(tmp, path)
     finally:
         source.config._attn_implementation = attention
@@ -323,9 +358,11 @@ def int8_graph(graph: Any, model: torch.nn.Module, int8_kernel: str = "u8u8") ->
 
 
 class OnnxClassifier:
-    """An exported classifier run by ONNX Runtime on CPU: ``logits = model(batch)``."""
+    """An exported classifier run by ONNX Runtime: ``logits = model(batch)``."""
 
-    def __init__(self, path: str | Path, threads: int = 1, kernel: str = "auto") -> None:
+    def __init__(
+        self, path: str | Path, threads: int = 1, kernel: str = "auto", provider: str = "cpu"
+    ) -> None:
         """
         Args:
             path: an ``.onnx`` file or an ONNX folder holding ``model.onnx``.
@@ -333,6 +370,7 @@ class OnnxClassifier:
             kernel: ``auto`` runs an int8 graph's uint8 x uint8 MatMulIntegers as uint8 x int8 on CPUs
                 where that is exact and faster (VNNI / AMX, ``has_int8_dot``); ``as-exported`` runs
                 the file unchanged. ``self.kernel`` says which ran (``None``: no int8 layers).
+            provider: ``cpu``, ``cuda`` or ``tensorrt`` (``PROVIDERS``; the GPU ones need onnxruntime-gpu).
         """
         import onnx
         import onnxruntime as ort
@@ -343,6 +381,7 @@ class OnnxClassifier:
             path = Path(path) / ONNX_FILE
         if not Path(path).is_file():
             raise InputError(f"ONNX model {path} does not exist: export it first (scripts/export.py onnx)")
+        providers = session_providers(provider)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -351,9 +390,10 @@ class OnnxClassifier:
         types = {i.name: i.data_type for i in graph.graph.initializer}
         weights = [types.get(n.input[1]) for n in graph.graph.node if n.op_type == "MatMulInteger"]
         self.kernel = None if not weights else "u8s8" if onnx.TensorProto.INT8 in weights else "u8u8"
-        if kernel == "auto" and self.kernel == "u8u8" and has_int8_dot() and signed_weights(graph):
+        on_cpu = provider == "cpu"  # the u8s8 rewrite is about CPU kernels
+        if kernel == "auto" and on_cpu and self.kernel == "u8u8" and has_int8_dot() and signed_weights(graph):
             source, self.kernel = graph.SerializeToString(), "u8s8 (VNNI/AMX: exact here)"
-        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(source, options, providers=providers)
         self.names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -361,12 +401,14 @@ class OnnxClassifier:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
-def pytorch_logits(model: torch.nn.Module, names: list[str]):
-    """``batch -> logits`` for a PyTorch classifier, in inference mode."""
+def pytorch_logits(model: torch.nn.Module, names: list[str], device: str | torch.device = "cpu"):
+    """``batch -> logits`` for a PyTorch classifier (on ``device``), in inference mode; the logits come
+    back to the CPU, which also waits for a GPU to finish."""
 
     def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
-            return model(**model_inputs(batch, names)).logits.float()
+            inputs = {k: v.to(device) for k, v in model_inputs(batch, names).items()}
+            return model(**inputs).logits.float().cpu()
 
     return run
 

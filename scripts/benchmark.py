@@ -37,7 +37,15 @@ import torch  # noqa: E402
 
 from datamodules import InputError, datamodule_from_config, parse_overrides  # noqa: E402
 from lightning_modules.base import computed_metrics, predicted, task_metrics, update_task_metrics  # noqa: E402
-from lightning_modules.export import ONNX_FILE, OnnxClassifier, export_onnx, input_names, pytorch_logits  # noqa: E402
+from lightning_modules.export import (  # noqa: E402
+    ONNX_FILE,
+    PROVIDERS,
+    OnnxClassifier,
+    export_onnx,
+    input_names,
+    pytorch_logits,
+    session_providers,
+)
 from lightning_modules.model_folder import folder_task, load_trained, read_json  # noqa: E402
 from lightning_modules.quantize import import_torchao, weights_bytes  # noqa: E402
 
@@ -149,6 +157,10 @@ def benchmark(args) -> list[dict]:
         **({"max_eval_samples": args.max_eval_samples} if args.max_eval_samples else {}),
     }
     rows, data_by_tokenizer = [], {}
+    session_providers(args.provider)  # before any work: a missing GPU provider is one line
+    provider_tag = "" if args.provider == "cpu" else f" {args.provider}"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device}: torch sees no CUDA device here: use --device cpu")
     for name, path, info in models:
         task, tokenizer, int8 = info["task"], info["tokenizer"], info["int8"]
         if tokenizer not in data_by_tokenizer:
@@ -164,21 +176,25 @@ def benchmark(args) -> list[dict]:
             labels = [config.id2label[i] for i in range(config.num_labels)]
             params = read_json(Path(path) / "parity.json").get("parameters") or float("nan")
             onnx_file = Path(path) / ONNX_FILE
-            runtimes = [("onnxruntime", OnnxClassifier(onnx_file, args.threads), onnx_file.stat().st_size)]
+            ort_model = OnnxClassifier(onnx_file, args.threads, provider=args.provider)
+            runtimes = [(f"onnxruntime{provider_tag}", ort_model, onnx_file.stat().st_size)]
         else:
             model = info["trained"].model
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
             params = sum(p.numel() for p in model.parameters())
-            runtimes = [("pytorch", pytorch_logits(model, input_names(model)), weights_bytes(model))]
+            device = "cpu" if int8 else args.device  # torchao's int8 layers here are CPU kernels
+            model.to(device)
+            tag = "" if device == "cpu" else f" {device}"
+            runtimes = [(f"pytorch{tag}", pytorch_logits(model, input_names(model), device), weights_bytes(model))]
             if args.compile and not int8:  # compiled while the metric is computed, so the timings are warm
                 compiled = torch.compile(model, dynamic=True, backend=args.compile)
-                runtimes.append(("pytorch compiled", pytorch_logits(compiled, input_names(model)), weights_bytes(model)))
+                run = pytorch_logits(compiled, input_names(model), device)
+                runtimes.append((f"pytorch compiled{tag}", run, weights_bytes(model)))
         if args.onnx and not info["onnx"]:  # convenience: export here (scripts/export.py also checks parity)
             onnx_path = Path(args.out) / "onnx" / f"{name.replace(' ', '_')}.onnx"
             export_onnx(model, onnx_path)
-            runtimes.append(
-                ("onnxruntime", OnnxClassifier(onnx_path, args.threads), onnx_path.stat().st_size)
-            )
+            ort_model = OnnxClassifier(onnx_path, args.threads, provider=args.provider)
+            runtimes.append((f"onnxruntime{provider_tag}", ort_model, onnx_path.stat().st_size))
         for runtime, run, size in runtimes:
             print(f"measuring {name} ({runtime}) ...", file=sys.stderr, flush=True)
             result = measure(run, loader, task, labels, args)
@@ -298,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         "--out", required=True, help="folder for benchmark.md / .json / .png and the .onnx files"
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch and ONNX Runtime")
+    parser.add_argument("--device", default="cpu", help="device of the fp32 PyTorch rows, e.g. cuda (int8 stays on CPU)")
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
+                        help="ONNX Runtime provider of the ONNX rows (cuda / tensorrt: onnxruntime-gpu)")  # fmt: skip
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                         help="add a torch.compile row (dynamic shapes; inductor unless named) for each fp32 PyTorch model")  # fmt: skip
     parser.add_argument("--latency-samples", type=int, default=200, help="real sentences timed at batch 1")

@@ -11,8 +11,10 @@
 The parity check runs the PyTorch model and the ONNX Runtime model over the validation split
 and fails (exit 1, no folder written or replaced) below ``--min-agreement`` label agreement. The
 folder loads in optimum's ``ORTModelFor{Sequence,Token}Classification`` and in ``shrink-classify``.
-GPU deployment: the fp32 ONNX runs on ONNX Runtime's CUDA / TensorRT providers (TensorRT builds
-its own int8 or fp16 engine); in PyTorch, the torchao int8 checkpoint runs on GPU under torch.compile.
+GPU deployment: ``--fp16`` writes a float16 graph (fp32 models) and ``--provider cuda`` or
+``tensorrt`` runs the parity check on ONNX Runtime's GPU providers (onnxruntime-gpu in place of
+onnxruntime; TensorRT builds its own fp16 engine); ``scripts/benchmark.py --provider`` times them there.
+The int8 graphs are CPU graphs: MatMulInteger has no fast CUDA kernel.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from lightning_modules.export import (  # noqa: E402
     INT8_KERNELS,
     ONNX_FILE,
     OPSET,
+    PROVIDERS,
     OnnxClassifier,
     cpu_name,
     export_onnx,
@@ -40,6 +43,7 @@ from lightning_modules.export import (  # noqa: E402
     input_names,
     parity,
     pytorch_logits,
+    session_providers,
 )
 from lightning_modules.model_folder import (  # noqa: E402
     CARD_NAME,
@@ -53,9 +57,12 @@ from lightning_modules.quantize import SCHEME, convert_to_int8, save_int8_checkp
 
 
 def onnx_command(args: argparse.Namespace) -> None:
+    session_providers(args.provider)  # before any work: a missing GPU provider is one line
     trained = load_trained(args.model)
     model, task = trained.model, trained.task
     int8 = args.int8 or trained.quantization is not None
+    if int8 and args.fp16:
+        raise InputError("--fp16 is for fp32 models; this export is int8: drop --fp16 (or --int8)")
     if int8 and trained.quantization is None:  # PTQ first: the parity check then compares int8 with int8
         convert_to_int8(model)
     tokenizer = trained.tokenizer
@@ -69,14 +76,16 @@ def onnx_command(args: argparse.Namespace) -> None:
     report: dict = {}
 
     def build(tmp: Path) -> None:
-        export_onnx(model, tmp / ONNX_FILE, int8_kernel=args.int8_kernel, fuse=args.fuse)
+        export_onnx(model, tmp / ONNX_FILE, int8_kernel=args.int8_kernel, fuse=args.fuse, fp16=args.fp16)
         report["fused_ops"] = fused_ops(tmp / ONNX_FILE) if args.fuse else {}
         reference = pytorch_logits(model.eval(), input_names(model))
-        report.update(parity(reference, OnnxClassifier(tmp, args.threads, "as-exported"), data.loader("validate"), task))
+        exported = OnnxClassifier(tmp, args.threads, "as-exported", args.provider)
+        report.update(parity(reference, exported, data.loader("validate"), task))
         report.update(model=args.model, onnx=str(out), int8=int8, int8_kernel=args.int8_kernel if int8 else None,
-                      task=task, cpu=cpu_name(), parameters=sum(p.numel() for p in model.parameters()))  # fmt: skip
+                      fp16=args.fp16, provider=args.provider, task=task, cpu=cpu_name(),
+                      parameters=sum(p.numel() for p in model.parameters()))  # fmt: skip
         checks = [report]
-        here = OnnxClassifier(tmp, args.threads)  # on VNNI / AMX CPUs shrink runs a u8u8 file as u8s8
+        here = OnnxClassifier(tmp, args.threads, provider=args.provider)  # VNNI / AMX CPUs: a u8u8 file runs as u8s8
         if here.kernel != report["int8_kernel"]:
             report["as_run_here"] = {"int8_kernel": here.kernel, **parity(reference, here, data.loader("validate"), task)}
             checks.append(report["as_run_here"])
@@ -105,9 +114,10 @@ def onnx_command(args: argparse.Namespace) -> None:
 def onnx_card(model, task: str, report: dict, quantization: dict | None, name: str, onnx_path: Path) -> str:
     """The ONNX folder's model card: what it computes and how closely it matches PyTorch."""
     size = onnx_path.stat().st_size
-    scheme = (quantization or {}).get("scheme", SCHEME) if report["int8"] else "fp32"
+    scheme = (quantization or {}).get("scheme", SCHEME) if report["int8"] else "fp16" if report.get("fp16") else "fp32"
+    provider = PROVIDERS[report.get("provider", "cpu")][0]
     facts = {
-        "runtime": "ONNX Runtime (CPUExecutionProvider), opset " + str(OPSET),
+        "runtime": f"ONNX Runtime ({provider[0] if isinstance(provider, tuple) else provider}), opset {OPSET}",
         "numerics": scheme,
         "int8 MatMulInteger": {
             "u8u8": "uint8 x uint8 (exact on every CPU)",
@@ -121,7 +131,7 @@ def onnx_card(model, task: str, report: dict, quantization: dict | None, name: s
         "agreement with PyTorch": report["agreement"],
         "max |logit difference|": report["max_logit_diff"],
         "compared predictions": report["compared"],
-        "checked on": report["cpu"],
+        "checked on": report["cpu"] + ("" if report.get("provider", "cpu") == "cpu" else f" + {report['provider']} GPU"),
     }
     if "as_run_here" in report:  # shrink runs the u8u8 file as u8s8 on VNNI / AMX CPUs: checked too
         parity_figures["agreement run as u8s8 (shrink, VNNI/AMX)"] = report["as_run_here"]["agreement"]
@@ -241,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     onnx.add_argument("--fuse", action="store_true", help="ONNX Runtime's transformer fusions (attention, "
                       "LayerNorm, GELU), kept only if the parity check passes")  # fmt: skip
+    onnx.add_argument("--fp16", action="store_true", help="float16 weights and compute (fp32 models; for GPUs: "
+                      "ONNX Runtime's CPU provider runs it too, slowly), int64 ids in, float32 logits out")  # fmt: skip
+    onnx.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
+                      help="ONNX Runtime provider the parity check runs on (cuda / tensorrt: onnxruntime-gpu)")  # fmt: skip
     onnx.add_argument("--threads", type=int, default=1)
     onnx.add_argument("--overwrite", action="store_true")
     ptq = commands.add_parser("ptq", help="int8 dynamic quantization of an fp32 checkpoint (no training)")

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import onnxruntime
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from tests.test_deliverables import csv_only
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark  # noqa: E402
+import export  # noqa: E402
 
 
 def demo(task: str, stage: str, tmp: Path, *extra: str) -> list[str]:
@@ -103,11 +105,20 @@ def cases(tmp: Path) -> dict[str, tuple]:
         "is an int8 model folder": ("fit", demo(seq, "qat", tmp, "--model.init_args.model_name_or_path",
                                                 str(tmp / "int8_model"), "--model.init_args.teacher", "null")),
         "input 2 is empty": ("classify", [str(tmp / "sequence_finetune" / "model"), "fine", " "]),
+        "--fp16 is for fp32 models": ("export", ["onnx", "--model", str(tmp / "int8_model"), "--out", str(tmp / "fp16"),
+                                                 "--data", str(ROOT / "configs/demo/sequence_qat.yaml"), "--fp16"]),
+        # GPU paths asked for on a machine without them (where they exist, these are not errors)
+        **({"has no CUDAExecutionProvider": ("benchmark", ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"),
+             "--out", str(tmp / "bench"), "--provider", "cuda", "--model", f"t={teacher}"])}
+           if "CUDAExecutionProvider" not in onnxruntime.get_available_providers() else {}),
+        **({"torch sees no CUDA device": ("benchmark", ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"),
+             "--out", str(tmp / "bench"), "--device", "cuda", "--model", f"t={teacher}"])}
+           if not torch.cuda.is_available() else {}),
     }  # fmt: skip
 
 
 def run(kind: str, args: list[str]) -> int:
-    main = {"benchmark": benchmark.main, "classify": classify_main}.get(kind)
+    main = {"benchmark": benchmark.main, "classify": classify_main, "export": export.main}.get(kind)
     try:
         main(args) if main else cli.main([kind, *args])
     except SystemExit as e:
@@ -130,9 +141,11 @@ def test_every_bad_input_is_one_line_exit_2_and_nothing_written(runs, capsys):
 
 
 def test_a_standard_lightning_callback_from_the_command_line(runs):
-    """Timer's enum default (interval=Interval.step) once broke the saved config with a traceback."""
+    """Timer's enum default (interval=Interval.step) once broke the saved config with a traceback, and
+    a callback without arguments (no init_args in its config) once broke the output paths."""
     args = demo("sequence", "finetune", runs, "--out_dir", str(runs / "timer"))
-    cli.main(["fit", *args, "--trainer.callbacks+=lightning.pytorch.callbacks.Timer"])
+    cli.main(["fit", *args, "--trainer.callbacks+=lightning.pytorch.callbacks.Timer",
+              "--trainer.callbacks+=lightning.pytorch.callbacks.Callback"])  # fmt: skip
     saved = [p.read_text() for p in (runs / "csv").rglob("config.yaml")]  # beside the CSV logs
     assert any("lightning.pytorch.callbacks.Timer" in c and "interval: step" in c for c in saved)
     assert (runs / "timer" / "model" / "model.safetensors").is_file()

@@ -205,6 +205,27 @@ def test_fused_onnx_graphs_keep_parity(task, tmp_path):
     assert fused_ops(export_onnx(fp32, tmp_path / "again.onnx")) == {}
 
 
+def test_fp16_onnx_graph_keeps_ids_in_logits_out_and_fp16_accuracy(tmp_path):
+    """``export_onnx(fp16=True)`` (for GPUs): float16 weights, int64 ids in and float32 logits out as
+    before, and logits within float16 rounding of PyTorch's; an int8 model is refused."""
+    from onnx import load
+
+    model = tiny_classifier("sequence")
+    batches = [inputs(seed=s) for s in range(3)]
+    path = export_onnx(model, tmp_path / "fp16.onnx", fp16=True)
+    graph = load(str(path)).graph
+    floats = {i.data_type for i in graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
+    assert floats == {TensorProto.FLOAT16}
+    assert {i.type.tensor_type.elem_type for i in graph.input} == {TensorProto.INT64}
+    assert graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    report = parity(pytorch_logits(model, input_names(model)), OnnxClassifier(path), batches, "sequence")
+    assert report["agreement"] == 1.0 and 0 < report["max_logit_diff"] < 5e-3, report  # fp16: 11-bit mantissa
+    weight_bytes = lambda g: sum(len(i.raw_data) for i in g.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16))  # noqa: E731
+    assert 2 * weight_bytes(graph) == weight_bytes(load(str(export_onnx(model, tmp_path / "fp32.onnx"))).graph)
+    with pytest.raises(InputError, match="fp16 export is for fp32 models"):
+        export_onnx(convert_to_int8(prepare_qat(tiny_classifier("sequence"))), tmp_path / "x.onnx", fp16=True)
+
+
 @pytest.mark.parametrize("kernel", INT8_KERNELS)
 def test_int8_matmul_of_the_exported_form_is_exact_on_this_cpu(kernel):
     """The worst case for int16 pair sums: activations 255 times weights of +-127 in the same sign.
