@@ -7,16 +7,19 @@ PyTorch step on exactly the same batches (benchmark, not CI):
 In one process, fp32, 1 epoch of the first N rows, batch 32, random batches:
 1. ``shrink fit`` with the shipped recipe (configs/sst2 or configs/conll2003/finetune.yaml: every
    callback, W&B offline, no validation) under Lightning's SimpleProfiler, which times each hook, and
-   a callback that keeps each batch;
+   a callback that keeps each batch and the time each step ends;
 2. ``transformers.Trainer`` with its defaults, keeping each batch ``training_step`` receives;
+   both run twice, interleaved, and only the second runs count (a fresh process's first steps at
+   each padded length are slower);
 3. for each, the bare loop over the kept batches: forward, loss, backward, fused AdamW, schedule,
-   zero_grad, nothing else. Its time is the floor of that tool's epoch, so the tool's epoch minus its
-   bare replay is its loop overhead, and batch composition (padding) cancels.
-shrink's overhead is split by SimpleProfiler into its hooks (data loading and collate, logging,
-callbacks, the optimizer step's wrapper); the Trainer has no hook profiler, so only its total.
-Then ``torch.profiler`` records a few steps of both bare loops and of shrink, and the ops that only
-shrink's step runs (metric updates, ``.item()`` syncs, copies) are listed by self CPU time.
-Writes profile_loop.md / .json under --out.
+   zero_grad, nothing else. Step by step on the same batch, the tool's step minus the bare step is
+   its loop overhead (the median over steps), and batch composition (padding) cancels.
+shrink's time is split by SimpleProfiler into its hooks (data loading and collate, logging,
+callbacks, the optimizer step's wrapper) and the once-per-epoch checkpoint; the Trainer has no hook
+profiler, so only its total. Then ``torch.profiler`` records a third shrink epoch and its bare replay,
+and lists the ops shrink's steps call more often than the bare step (metric updates, ``.item()``
+syncs, copies), with calls and self CPU time per step on both sides.
+Writes TASK.md / TASK.json under --out.
 """
 
 from __future__ import annotations
