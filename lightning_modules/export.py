@@ -47,15 +47,20 @@ PROVIDERS = {
 }  # fmt: skip
 
 
+def provider_name(provider: str) -> str:
+    """ONNX Runtime's name of the execution provider ``provider`` (cpu, cuda, tensorrt) asks for."""
+    if provider not in PROVIDERS:
+        raise InputError(f"provider {provider!r} is not one of {sorted(PROVIDERS)}")
+    first = PROVIDERS[provider][0]
+    return first[0] if isinstance(first, tuple) else first
+
+
 def session_providers(provider: str) -> list:
     """ONNX Runtime's provider list for ``provider`` (cpu, cuda, tensorrt); one line when this
     ONNX Runtime lacks it (the CPU wheel has no CUDA or TensorRT)."""
     import onnxruntime as ort
 
-    if provider not in PROVIDERS:
-        raise InputError(f"provider {provider!r} is not one of {sorted(PROVIDERS)}")
-    wanted = PROVIDERS[provider][0]
-    wanted = wanted[0] if isinstance(wanted, tuple) else wanted
+    wanted = provider_name(provider)
     if wanted not in ort.get_available_providers():
         raise InputError(
             f"this ONNX Runtime has no {wanted} (it has {', '.join(ort.get_available_providers())}): "
@@ -390,8 +395,8 @@ class OnnxClassifier:
         types = {i.name: i.data_type for i in graph.graph.initializer}
         weights = [types.get(n.input[1]) for n in graph.graph.node if n.op_type == "MatMulInteger"]
         self.kernel = None if not weights else "u8s8" if onnx.TensorProto.INT8 in weights else "u8u8"
-        on_cpu = provider == "cpu"  # the u8s8 rewrite is about CPU kernels
-        if kernel == "auto" and on_cpu and self.kernel == "u8u8" and has_int8_dot() and signed_weights(graph):
+        cpu = provider == "cpu"  # the u8s8 rewrite is about CPU kernels
+        if kernel == "auto" and cpu and self.kernel == "u8u8" and has_int8_dot() and signed_weights(graph):
             source, self.kernel = graph.SerializeToString(), "u8s8 (VNNI/AMX: exact here)"
         self.session = ort.InferenceSession(source, options, providers=providers)
         self.names = [i.name for i in self.session.get_inputs()]

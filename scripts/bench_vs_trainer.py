@@ -35,6 +35,7 @@ STARTED = time.perf_counter()  # a Trainer child's start-up is timed from here
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # datamodules.readers: the Trainer reads the rows shrink reads
 
+
 def trainer_setup(a: dict):
     """The Trainer's side as a user writes it, on the rows shrink reads: the model, the encoded
     training rows, the collator, and a function scoring a trained Trainer on the dev split."""

@@ -42,6 +42,7 @@ from lightning_modules.export import (  # noqa: E402
     fused_ops,
     input_names,
     parity,
+    provider_name,
     pytorch_logits,
     session_providers,
 )
@@ -61,8 +62,6 @@ def onnx_command(args: argparse.Namespace) -> None:
     trained = load_trained(args.model)
     model, task = trained.model, trained.task
     int8 = args.int8 or trained.quantization is not None
-    if int8 and args.fp16:
-        raise InputError("--fp16 is for fp32 models; this export is int8: drop --fp16 (or --int8)")
     if int8 and trained.quantization is None:  # PTQ first: the parity check then compares int8 with int8
         convert_to_int8(model)
     tokenizer = trained.tokenizer
@@ -115,9 +114,8 @@ def onnx_card(model, task: str, report: dict, quantization: dict | None, name: s
     """The ONNX folder's model card: what it computes and how closely it matches PyTorch."""
     size = onnx_path.stat().st_size
     scheme = (quantization or {}).get("scheme", SCHEME) if report["int8"] else "fp16" if report.get("fp16") else "fp32"
-    provider = PROVIDERS[report.get("provider", "cpu")][0]
     facts = {
-        "runtime": f"ONNX Runtime ({provider[0] if isinstance(provider, tuple) else provider}), opset {OPSET}",
+        "runtime": f"ONNX Runtime ({provider_name(report.get('provider', 'cpu'))}), opset {OPSET}",
         "numerics": scheme,
         "int8 MatMulInteger": {
             "u8u8": "uint8 x uint8 (exact on every CPU)",

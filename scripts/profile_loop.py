@@ -151,7 +151,7 @@ def run_shrink(args, out: Path) -> dict:
             "epoch_end_s": per_epoch}  # fmt: skip
 
 
-def run_trainer(args, out: Path, num_labels: int) -> tuple[dict, list[dict]]:
+def run_trainer(args, out: Path) -> tuple[dict, list[dict]]:
     """The Trainer with its defaults on the same rows; returns its timing and the batches it trained on."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -180,7 +180,9 @@ def run_trainer(args, out: Path, num_labels: int) -> tuple[dict, list[dict]]:
                              data_collator=collator, callbacks=[StepClock()])  # fmt: skip
     result = trainer.train()
     steps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
-    return {"epoch_s": result.metrics["train_runtime"], "steps": len(kept), "step_s": steps}, kept
+    timing = {"epoch_s": result.metrics["train_runtime"], "steps": len(kept), "step_s": steps,
+              "num_labels": model.config.num_labels}  # fmt: skip
+    return timing, kept
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,7 +208,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")
-    num_labels = 2 if args.task == "sequence" else 9
     with tempfile.TemporaryDirectory() as tmp:
         # twice each, interleaved, and only the second runs count: a process's first steps at each
         # padded length run slower (allocator, kernel caches), which would favour whoever runs later
@@ -214,9 +215,10 @@ def main(argv: list[str] | None = None) -> None:
             shrink = run_shrink(args, Path(tmp) / str(rep))
             print(f"rep {rep} shrink epoch {shrink['epoch_s']:.2f} s", file=sys.stderr)
             shrink_batches = list(KEPT)
-            trainer, trainer_batches = run_trainer(args, Path(tmp) / str(rep), num_labels)
+            trainer, trainer_batches = run_trainer(args, Path(tmp) / str(rep))
             print(f"rep {rep} Trainer epoch {trainer['epoch_s']:.2f} s", file=sys.stderr)
     # the bare replays, interleaved after both tools so that they share the machine's state
+    num_labels = trainer["num_labels"]  # the labels found in the rows (9 for CoNLL-2003's tags)
     for tool, batches in ((shrink, shrink_batches), (trainer, trainer_batches)):
         bare = bare_epoch(args.model, args.task, num_labels, batches, args.lr)
         # step by step on the same batch, the first (warm-up) step left out: the median extra cost

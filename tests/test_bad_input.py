@@ -105,7 +105,7 @@ def cases(tmp: Path) -> dict[str, tuple]:
         "is an int8 model folder": ("fit", demo(seq, "qat", tmp, "--model.init_args.model_name_or_path",
                                                 str(tmp / "int8_model"), "--model.init_args.teacher", "null")),
         "input 2 is empty": ("classify", [str(tmp / "sequence_finetune" / "model"), "fine", " "]),
-        "--fp16 is for fp32 models": ("export", ["onnx", "--model", str(tmp / "int8_model"), "--out", str(tmp / "fp16"),
+        "fp16 export is for fp32 models": ("export", ["onnx", "--model", str(tmp / "int8_model"), "--out", str(tmp / "fp16"),
                                                  "--data", str(ROOT / "configs/demo/sequence_qat.yaml"), "--fp16"]),
         # GPU paths asked for on a machine without them (where they exist, these are not errors)
         **({"has no CUDAExecutionProvider": ("benchmark", ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"),
