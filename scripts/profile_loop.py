@@ -38,7 +38,7 @@ import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the project, and bench_vs_trainer's Trainer side
 KEPT: list[dict[str, torch.Tensor]] = []  # the batches shrink's loop trained on, in order
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -153,10 +153,8 @@ def run_shrink(args, out: Path) -> dict:
 
 def run_trainer(args, out: Path) -> tuple[dict, list[dict]]:
     """The Trainer with its defaults on the same rows; returns its timing and the batches it trained on."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    sys.path.insert(0, str(ROOT / "scripts"))
     from bench_vs_trainer import trainer_setup  # the same rows and encoding as the side-by-side benchmark
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     model, train, collator, _ = trainer_setup({**vars(args), "rows": args.rows, "dev": None})
     kept, marks = [], []
