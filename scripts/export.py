@@ -7,6 +7,10 @@
     python scripts/export.py push --folder outputs/sst2/distill/model --repo_id user/sst2-student
     # PTQ: int8 dynamic quantization of an fp32 checkpoint, no training (same scheme as QAT)
     python scripts/export.py ptq --model outputs/sst2/distill/checkpoints/last.ckpt --out outputs/sst2/ptq.int8.ckpt
+    # vocabulary pruning: keep the word embeddings of the tokens the training split uses (fp32 in,
+    # a model folder out; then QAT, or onnx --int8), checked on the validation split
+    python scripts/export.py prune-vocab --model outputs/sst2/prune/model --out outputs/sst2/prune/model-vocab \\
+        --data configs/sst2/qat.yaml
 
 The parity check runs the PyTorch model and the ONNX Runtime model over the validation split
 and fails (exit 1, no folder written or replaced) below ``--min-agreement`` label agreement. The
@@ -24,13 +28,23 @@ import inspect
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 from datamodules import InputError, datamodule_from_config, parse_overrides  # noqa: E402
-from lightning_modules.base import load_classifier, read_checkpoint  # noqa: E402
+from lightning_modules.base import (  # noqa: E402
+    computed_metrics,
+    load_classifier,
+    predicted,
+    read_checkpoint,
+    task_metrics,
+    update_task_metrics,
+)
 from lightning_modules.export import (  # noqa: E402
     INT8_KERNELS,
     ONNX_FILE,
@@ -50,11 +64,14 @@ from lightning_modules.model_folder import (  # noqa: E402
     CARD_NAME,
     load_trained,
     model_card,
+    parameters_and_bytes,
     replace_folder,
     save_tokenizer,
+    write_model_folder,
 )
 from lightning_modules.qat import QATModule  # noqa: E402
 from lightning_modules.quantize import SCHEME, convert_to_int8, save_int8_checkpoint  # noqa: E402
+from lightning_modules.vocabulary import kept_token_ids, prune_vocabulary, pruned_tokenizer  # noqa: E402
 
 
 def onnx_command(args: argparse.Namespace) -> None:
@@ -216,6 +233,96 @@ def ptq_command(args: argparse.Namespace) -> None:
     print(f"wrote {out} ({SCHEME}, post-training)")
 
 
+def vocabulary_parity(model, data, smaller, smaller_data, keep: list[int], task: str) -> dict:
+    """The pruned model on its own tokenization against the full one on the validation split: the
+    task metric of each, label agreement, how many rows tokenize differently, and the largest logit
+    difference on rows that tokenize the same (0 up to float order: their ids are only renumbered)."""
+    from datamodules.token import word_start_mask
+
+    full, pruned = pytorch_logits(model, input_names(model)), pytorch_logits(smaller, input_names(smaller))
+    labels = data.label_names
+    metrics = {"full": task_metrics(task, labels), "pruned": task_metrics(task, labels)}
+    old_ids = torch.tensor(keep)
+    agree = total = changed = 0
+    same_diff = 0.0
+    for a_batch, b_batch in zip(data.loader("validate"), smaller_data.loader("validate"), strict=True):
+        a, b = full(a_batch), pruned(b_batch)
+        update_task_metrics(metrics["full"], task, labels, predicted(a, labels), a_batch)
+        update_task_metrics(metrics["pruned"], task, labels, predicted(b, labels), b_batch)
+        for row in range(a.shape[0]):
+            ids_a = a_batch["input_ids"][row][a_batch["attention_mask"][row].bool()]
+            ids_b = old_ids[b_batch["input_ids"][row][b_batch["attention_mask"][row].bool()]]
+            same = ids_a.shape == ids_b.shape and bool((ids_a == ids_b).all())
+            changed += not same
+            x, y = a[row], b[row]
+            if task == "token":  # one prediction per word, in word order, in both tokenizations
+                x = x[word_start_mask(a_batch["word_ids"][row : row + 1])[0]]
+                y = y[word_start_mask(b_batch["word_ids"][row : row + 1])[0]]
+                n = min(len(x), len(y))  # a longer tokenization may truncate more words
+                agree += int((x[:n].argmax(-1) == y[:n].argmax(-1)).sum())
+                total += len(x)
+            else:
+                agree += int(x.argmax(-1) == y.argmax(-1))
+                total += 1
+            if same:
+                same_diff = max(same_diff, float((x - y).abs().max()))
+    key = "f1" if task == "token" else "pearson" if len(labels) == 1 else "accuracy"
+    scores = {name: float(computed_metrics(m, "")[key]) for name, m in metrics.items()}
+    return {"metric": key, "full": scores["full"], "pruned": scores["pruned"], "agreement": agree / max(total, 1),
+            "compared": total, "rows_tokenized_differently": changed, "max_logit_diff_same_tokens": same_diff}  # fmt: skip
+
+
+def prune_vocab_command(args: argparse.Namespace) -> None:
+
+    trained = load_trained(args.model)
+    if trained.quantization is not None:
+        raise InputError(f"--model {args.model} is int8: prune the vocabulary of its fp32 model, then quantize")
+    if trained.tokenizer is None:
+        raise InputError(f"--model {args.model} records no tokenizer: give the model folder a stage wrote")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists: pass --overwrite or another --out")
+    overrides = parse_overrides(args.set)
+    data = datamodule_from_config(args.data, {"tokenizer": trained.tokenizer, **overrides})
+    data.setup("validate")
+    model = trained.model
+    train_ids = data.encoded_split(data.splits["fit"])["input_ids"]
+    keep = kept_token_ids(data.tokenizer, train_ids, args.min_count, args.keep_first)
+    tokenizer = pruned_tokenizer(data.tokenizer, keep)
+    smaller = load_trained(args.model).model  # a second copy: the full model stays the reference
+    prune_vocabulary(smaller, keep)
+    report = {"model": args.model, "vocabulary": len(keep), "of": len(data.tokenizer), "min_count": args.min_count,
+              "keep_first": args.keep_first,
+              "training_rows": len(train_ids), "cpu": cpu_name()}  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as folder:  # the pruned tokenizer, as the datamodule loads one
+        save_tokenizer(tokenizer, folder)
+        smaller_data = datamodule_from_config(args.data, {"tokenizer": folder, **overrides})
+        smaller_data.setup("validate")
+        report.update(vocabulary_parity(model, data, smaller, smaller_data, keep, trained.task))
+    print(json.dumps(report, indent=1))
+    if report["pruned"] < report["full"] - args.max_drop:
+        raise InputError(
+            f"vocabulary check failed: validation {report['metric']} {report['pruned']:.4f} with the pruned "
+            f"vocabulary, {report['full']:.4f} with the full one (more than --max-drop {args.max_drop} lower); "
+            f"{out} not written: keep more tokens (--keep-first) or the full vocabulary"
+        )
+    step = {"stage": "vocabulary pruning", "model": args.model, "kept": len(keep), "of": report["of"]}
+    smaller.config.shrink_lineage = [*(getattr(smaller.config, "shrink_lineage", None) or []), step]
+    card = model_card(
+        title=f"{out.name} (vocabulary pruned)",
+        task=trained.task,
+        labels=[smaller.config.id2label[i] for i in range(smaller.config.num_labels)],
+        facts={"vocabulary": f"{len(keep)} of {report['of']} tokens", **parameters_and_bytes(smaller)},
+        metrics={f"validation {report['metric']}": report["pruned"], f"validation {report['metric']}, full vocabulary": report["full"],
+                 **{k: report[k] for k in ("agreement", "rows_tokenized_differently")}},  # fmt: skip
+        lineage=smaller.config.shrink_lineage,
+        command="python scripts/export.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    write_model_folder(smaller, tokenizer, out, card)
+    print(f"wrote {out}: {len(keep)} of {report['of']} tokens")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -261,15 +368,27 @@ def main(argv: list[str] | None = None) -> None:
     ptq.add_argument("--fp32-embeddings", action="store_true", help="keep word embeddings in fp32")
     ptq.add_argument("--quantize-head", action="store_true", help="also int8 the classifier head")
     ptq.add_argument("--overwrite", action="store_true")
+    vocab = commands.add_parser("prune-vocab", help="keep only the tokens the training split uses (smaller "
+                                "embeddings), checked on the validation split")  # fmt: skip
+    vocab.add_argument("--model", required=True, help="an fp32 .ckpt or model folder of this project")
+    vocab.add_argument("--out", required=True, help="the model folder to write")
+    vocab.add_argument("--data", required=True, help="run config whose data: section gives the train and validation splits")
+    vocab.add_argument("--set", action="append", default=[], help="data init arg override KEY=VALUE")
+    vocab.add_argument("--min-count", type=int, default=1, help="keep tokens seen at least this often in training")
+    vocab.add_argument("--keep-first", type=int, default=0, help="also keep the tokenizer's first N ids (BERT-family "
+                       "vocabularies list common pieces first): fewer unseen words fall apart into characters")  # fmt: skip
+    vocab.add_argument("--max-drop", type=float, default=0.005, help="fail if the validation metric drops more than this")
+    vocab.add_argument("--overwrite", action="store_true")
     push = commands.add_parser("push", help="upload a model folder or ONNX folder to the Hugging Face Hub")
     push.add_argument("--folder", required=True, help="OUT_DIR/model of a stage, or an ONNX folder")
     push.add_argument("--repo_id", required=True, help="user/name on the Hub (`huggingface-cli login` first)")
     args = parser.parse_args(argv)
     try:
-        {"onnx": onnx_command, "ptq": ptq_command, "push": push_command}[args.command](args)
+        commands = {"onnx": onnx_command, "ptq": ptq_command, "push": push_command, "prune-vocab": prune_vocab_command}
+        commands[args.command](args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1 if str(e).startswith("parity") else 2)
+        sys.exit(1 if str(e).startswith(("parity", "vocabulary check")) else 2)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ def cases(tmp: Path) -> dict[str, tuple]:
         "input 2 is empty": ("classify", [str(tmp / "sequence_finetune" / "model"), "fine", " "]),
         "fp16 export is for fp32 models": ("export", ["onnx", "--model", str(tmp / "int8_model"), "--out", str(tmp / "fp16"),
                                                  "--data", str(ROOT / "configs/demo/sequence_qat.yaml"), "--fp16"]),
+        "prune the vocabulary of its fp32 model": ("export", ["prune-vocab", "--model", str(tmp / "int8_model"),
+            "--out", str(tmp / "vocab"), "--data", str(ROOT / "configs/demo/sequence_qat.yaml")]),
         # GPU paths asked for on a machine without them (where they exist, these are not errors)
         **({"has no CUDAExecutionProvider": ("benchmark", ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"),
              "--out", str(tmp / "bench"), "--provider", "cuda", "--model", f"t={teacher}"])}
