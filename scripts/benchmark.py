@@ -17,7 +17,8 @@ ONNX folders (``scripts/export.py onnx``) are timed as exported, the file whose 
 Per row: the task metric on the split (the checkpoint's own tokenizer), parameters, bytes on disk
 (the weights as deployed: the state dict, or the .onnx file), latency p50/p95 at batch 1 on real
 sentence lengths and on 128 tokens, throughput at batch 32 (real lengths, dynamic padding). One
-process, fixed thread count, warm-up before timing, so the ratios to the first row hold.
+process, fixed thread count, warm-up before timing, and the rows timed in interleaved rounds
+(``--rounds``): a noisy stretch of the machine slows every row alike, so the ratios to the first row hold.
 Writes benchmark.md, benchmark.json and benchmark.png (metric vs latency, marker area = size).
 """
 
@@ -119,27 +120,43 @@ def unpadded(batch: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor
     return {k: v[row : row + 1, :length] for k, v in batch.items() if k in MODEL_KEYS}
 
 
-def measure(run, loader, task: str, label_names: list[str], args) -> dict[str, float]:
-    """The metric over the split, then the timings."""
+def score(run, batches: list[dict], task: str, label_names: list[str]) -> dict[str, float]:
+    """The task metric over the split."""
     metrics = task_metrics(task, label_names)
-    batches = list(loader)
     for batch in batches:
         update_task_metrics(metrics, task, label_names, predicted(run(batch), label_names), batch)
     key = "f1" if task == "token" else "pearson" if len(label_names) == 1 else "accuracy"
-    metric = float(computed_metrics(metrics, "")[key])
+    return {key: round(float(computed_metrics(metrics, "")[key]), 4)}
 
-    singles = [unpadded(b, i) for b in batches for i in range(b["input_ids"].shape[0])][
-        : args.latency_samples
-    ]
-    real = timed(run, singles, warmup=10)
-    ids = torch.cat([s["input_ids"][0] for s in singles] * 128)[:128]  # real tokens, back to back
+
+def timing_inputs(batches: list[dict], args) -> dict[str, list[dict]]:
+    """What each row is timed on: real sentences at batch 1, 128 real tokens back to back, batches of 32."""
+    singles = [unpadded(b, i) for b in batches for i in range(b["input_ids"].shape[0])][: args.latency_samples]
+    ids = torch.cat([s["input_ids"][0] for s in singles] * 128)[:128]
     full = {"input_ids": ids[None], "attention_mask": torch.ones(1, 128, dtype=torch.long)}
     full["token_type_ids"] = torch.zeros_like(full["input_ids"])
-    long = timed(run, [full] * args.long_repeats, warmup=5)
     by32 = [b for b in batches if b["input_ids"].shape[0] == 32][: args.throughput_batches]
-    tput = timed(run, by32, warmup=1)
+    return {"b1": singles, "128": [full] * args.long_repeats, "b32": by32}
+
+
+def timed_rounds(runs: list, inputs: list[dict[str, list[dict]]], rounds: int) -> list[dict[str, list[float]]]:
+    """Each run's times per kind of input, in interleaved rounds: round r times every run on the r-th
+    share of its inputs, so a noisy stretch of the machine lands on all rows alike, and the ratios
+    between rows hold better than the absolute figures."""
+    for run, items in zip(runs, inputs, strict=True):  # warm-up
+        for kind, count in (("b1", 10), ("128", 5), ("b32", 1)):
+            timed(run, items[kind][:count], warmup=0)
+    times = [{kind: [] for kind in items} for items in inputs]
+    for r in range(rounds):
+        for run, items, out in zip(runs, inputs, times, strict=True):
+            for kind, batches in items.items():
+                out[kind] += timed(run, batches[r::rounds], warmup=0)
+    return times
+
+
+def latencies(times: dict[str, list[float]]) -> dict[str, float]:
+    real, long, tput = times["b1"], times["128"], times["b32"]
     return {
-        key: round(metric, 4),
         "latency_ms_p50": round(1000 * statistics.median(real), 3),
         "latency_ms_p95": round(1000 * percentile(real, 0.95), 3),
         "latency_128_ms_p50": round(1000 * statistics.median(long), 3),
@@ -156,7 +173,7 @@ def benchmark(args) -> list[dict]:
         "eval_batch_size": 32,
         **({"max_eval_samples": args.max_eval_samples} if args.max_eval_samples else {}),
     }
-    rows, data_by_tokenizer = [], {}
+    rows, data_by_tokenizer, runs, inputs = [], {}, [], []
     session_providers(args.provider)  # before any work: a missing GPU provider is one line
     provider_tag = "" if args.provider == "cpu" else f" {args.provider}"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -195,9 +212,9 @@ def benchmark(args) -> list[dict]:
             export_onnx(model, onnx_path)
             ort_model = OnnxClassifier(onnx_path, args.threads, provider=args.provider)
             runtimes.append((f"onnxruntime{provider_tag}", ort_model, onnx_path.stat().st_size))
+        batches = list(loader)
         for runtime, run, size in runtimes:
-            print(f"measuring {name} ({runtime}) ...", file=sys.stderr, flush=True)
-            result = measure(run, loader, task, labels, args)
+            print(f"scoring {name} ({runtime}) ...", file=sys.stderr, flush=True)
             rows.append(
                 {
                     "model": name,
@@ -206,9 +223,14 @@ def benchmark(args) -> list[dict]:
                     "int8_kernel": getattr(run, "kernel", None),  # ONNX Runtime's MatMulInteger types here
                     "params_m": round(params / 1e6, 2),
                     "size_mb": round(size / 1e6, 2),
-                    **result,
+                    **score(run, batches, task, labels),
                 }
             )
+            runs.append(run)
+            inputs.append(timing_inputs(batches, args))
+    print(f"timing {len(runs)} rows in {args.rounds} interleaved rounds ...", file=sys.stderr, flush=True)
+    for row, times in zip(rows, timed_rounds(runs, inputs, args.rounds), strict=True):
+        row.update(latencies(times))
     reference = rows[0]
     metric = metric_key(rows)
     for row in rows:
@@ -322,11 +344,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-samples", type=int, default=200, help="real sentences timed at batch 1")
     parser.add_argument("--long-repeats", type=int, default=30, help="timed runs at 128 tokens")
     parser.add_argument("--throughput-batches", type=int, default=5, help="timed batches of 32")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all rows")
     parser.add_argument("--max-eval-samples", type=int, default=None, help="score only the first N rows")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     try:
-        for name in ("threads", "latency_samples", "long_repeats", "throughput_batches"):
+        for name in ("threads", "latency_samples", "long_repeats", "throughput_batches", "rounds"):
             if getattr(args, name) < 1:
                 raise InputError(
                     f"--{name.replace('_', '-')} is {getattr(args, name)}: it must be at least 1"
