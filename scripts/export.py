@@ -24,6 +24,7 @@ The int8 graphs are CPU graphs: MatMulInteger has no fast CUDA kernel.
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 import shlex
@@ -273,7 +274,6 @@ def vocabulary_parity(model, data, smaller, smaller_data, keep: list[int], task:
 
 
 def prune_vocab_command(args: argparse.Namespace) -> None:
-
     trained = load_trained(args.model)
     if trained.quantization is not None:
         raise InputError(f"--model {args.model} is int8: prune the vocabulary of its fp32 model, then quantize")
@@ -289,11 +289,10 @@ def prune_vocab_command(args: argparse.Namespace) -> None:
     train_ids = data.encoded_split(data.splits["fit"])["input_ids"]
     keep = kept_token_ids(data.tokenizer, train_ids, args.min_count, args.keep_first)
     tokenizer = pruned_tokenizer(data.tokenizer, keep)
-    smaller = load_trained(args.model).model  # a second copy: the full model stays the reference
+    smaller = copy.deepcopy(model)  # the full model stays as the reference
     prune_vocabulary(smaller, keep)
     report = {"model": args.model, "vocabulary": len(keep), "of": len(data.tokenizer), "min_count": args.min_count,
-              "keep_first": args.keep_first,
-              "training_rows": len(train_ids), "cpu": cpu_name()}  # fmt: skip
+              "keep_first": args.keep_first, "training_rows": len(train_ids), "cpu": cpu_name()}  # fmt: skip
 
     with tempfile.TemporaryDirectory() as folder:  # the pruned tokenizer, as the datamodule loads one
         save_tokenizer(tokenizer, folder)
