@@ -9,6 +9,8 @@
 #   scripts/prune_real_data.sh MODELS_DIR DATA_DIR STUDENT [OUT_DIR]
 # STUDENT: the fine-tuned or distilled MiniLM .ckpt / model folder of the task.
 #   TASK=conll for CoNLL-2003 (default sst2); ROWS / EPOCHS size the recovery training.
+#   VOCAB=20000 also prunes prune-50's vocabulary (export.py prune-vocab --keep-first 20000) and
+#   benchmarks its int8 ONNX folder: the full-chain row.
 set -euo pipefail
 MODELS=${1:?MODELS_DIR}; DATA=${2:?DATA_DIR}; STUDENT=${3:?STUDENT}; OUT=${4:-results/prune}
 TASK=${TASK:-sst2}
@@ -18,10 +20,11 @@ export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1
 MINILM="$MODELS/all-MiniLM-L6-v2"
 if [[ $TASK == sst2 ]]; then
   files="{train: $DATA/sst2/train.tsv, validation: $DATA/sst2/dev.tsv}"; folder=sst2; split=validation
-  data=(--data.data_files "$files" --trainer.val_check_interval 0.5)
+  data=(--data.data_files "$files" --trainer.val_check_interval 0.5); export_data=(--set "data_files=$files")
 else
   files="{train: $DATA/conll2003/train.txt, validation: $DATA/conll2003/valid.txt, test: $DATA/conll2003/test.txt}"
   folder=conll2003; split=test; data=(--data.data_files "$files" --data.tag_column 3)
+  export_data=(--set "data_files=$files" --set tag_column=3)
 fi
 data+=(--data.num_workers 1 --data.tokenizer "$MINILM" ${ROWS:+--data.max_train_samples $ROWS})
 teacher=${TEACHER_CKPT:-$STUDENT}
@@ -58,6 +61,13 @@ for run in prune-30 prune-50 layers-4 layers-3; do
   python scripts/export.py ptq --model "$ckpt" --out "$OUT/$TASK/$run.int8.ckpt" --overwrite > /dev/null 2>&1
   models+=(--model "$run fp32=$ckpt" --model "$run int8=$OUT/$TASK/$run.int8.ckpt")
 done
-python scripts/benchmark.py --data "configs/$folder/qat.yaml" --set "data_files=$files" --split $split --onnx \
+if [[ -n ${VOCAB:-} && -d $OUT/$TASK/prune-50/model ]]; then  # smaller embeddings, then int8 ONNX
+  python scripts/export.py prune-vocab --model "$OUT/$TASK/prune-50/model" --keep-first "$VOCAB" --overwrite \
+    --out "$OUT/$TASK/prune-50-vocab" --data "configs/$folder/qat.yaml" "${export_data[@]}" > "$OUT/$TASK/prune-50-vocab.log" 2>&1
+  python scripts/export.py onnx --model "$OUT/$TASK/prune-50-vocab" --int8 --overwrite --out "$OUT/$TASK/prune-50-vocab-onnx" \
+    --data "configs/$folder/qat.yaml" "${export_data[@]}" >> "$OUT/$TASK/prune-50-vocab.log" 2>&1
+  models+=(--model "prune-50 + vocabulary int8=$OUT/$TASK/prune-50-vocab-onnx")
+fi
+python scripts/benchmark.py --data "configs/$folder/qat.yaml" "${export_data[@]}" --split $split --onnx \
   --threads "$THREADS" --out "$OUT/$TASK/benchmark" --title "$TASK $split, pruning vs layer dropping, $THREADS CPU thread(s)" \
   "${models[@]}"
