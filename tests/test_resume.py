@@ -227,7 +227,12 @@ def test_preemption_signal_writes_a_checkpoint_and_the_next_run_resumes(signum, 
     """The shipped recipe, preempted right after its step-50 checkpoint (mid-epoch)."""
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     process = start(*recipe_args("finetune", "sequence", tmp_path, "run"), cwd=tmp_path)
-    wait_for_step(process, last, 50)
+    # the first last.ckpt is step 50's; a stat per millisecond, not a load per poll, so the signal
+    # lands a step or two later (loading the checkpoint to read its step let the run go 6 steps on)
+    deadline = time.time() + 240
+    while not last.exists():
+        assert process.poll() is None and time.time() < deadline, "no step-50 checkpoint in time"
+        time.sleep(0.001)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
