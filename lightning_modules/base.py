@@ -64,6 +64,12 @@ def task_metrics(
     )
 
 
+def headline_metric(task: str, label_names: list[str]) -> str:
+    """The one ``task_metrics`` figure a model is compared by: entity F1 (tokens), Pearson
+    (regression, one output) or accuracy."""
+    return "f1" if task == "token" else "pearson" if len(label_names) == 1 else "accuracy"
+
+
 def predicted(logits: torch.Tensor, label_names: list[str]) -> torch.Tensor:
     """Class ids (argmax), or the predicted number of a regression model (one output)."""
     return logits.float().squeeze(-1) if len(label_names) == 1 else logits.argmax(-1)

@@ -37,7 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from datamodules import InputError, datamodule_from_config, parse_overrides  # noqa: E402
-from lightning_modules.base import computed_metrics, predicted, task_metrics, update_task_metrics  # noqa: E402
+from lightning_modules.base import (  # noqa: E402
+    computed_metrics,
+    headline_metric,
+    predicted,
+    task_metrics,
+    update_task_metrics,
+)
 from lightning_modules.export import (  # noqa: E402
     ONNX_FILE,
     PROVIDERS,
@@ -125,7 +131,7 @@ def score(run, batches: list[dict], task: str, label_names: list[str]) -> dict[s
     metrics = task_metrics(task, label_names)
     for batch in batches:
         update_task_metrics(metrics, task, label_names, predicted(run(batch), label_names), batch)
-    key = "f1" if task == "token" else "pearson" if len(label_names) == 1 else "accuracy"
+    key = headline_metric(task, label_names)
     return {key: round(float(computed_metrics(metrics, "")[key]), 4)}
 
 

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from datamodules import InputError, datamodule_from_config, parse_overrides  # noqa: E402
 from lightning_modules.base import (  # noqa: E402
     computed_metrics,
+    headline_metric,
     load_classifier,
     predicted,
     read_checkpoint,
@@ -267,7 +268,7 @@ def vocabulary_parity(model, data, smaller, smaller_data, keep: list[int], task:
                 total += 1
             if same:
                 same_diff = max(same_diff, float((x - y).abs().max()))
-    key = "f1" if task == "token" else "pearson" if len(labels) == 1 else "accuracy"
+    key = headline_metric(task, labels)
     scores = {name: float(computed_metrics(m, "")[key]) for name, m in metrics.items()}
     return {"metric": key, "full": scores["full"], "pruned": scores["pruned"], "agreement": agree / max(total, 1),
             "compared": total, "rows_tokenized_differently": changed, "max_logit_diff_same_tokens": same_diff}  # fmt: skip
