@@ -73,12 +73,17 @@ def step_of(path: Path) -> int:
         return -1
 
 
-def wait_for_step(process: subprocess.Popen, last: Path, step: int, timeout: float = 240) -> None:
+def wait_for(process: subprocess.Popen, ready, what: str, poll: float = 0.02, timeout: float = 240) -> None:
+    """Poll ``ready()`` while the run lives."""
     deadline = time.time() + timeout
-    while step_of(last) < step:
-        assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read()[-2000:]}"
-        assert time.time() < deadline, "no checkpoint in time"
-        time.sleep(0.02)
+    while not ready():
+        assert process.poll() is None, f"the run ended before {what}: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline, f"no {what} in time"
+        time.sleep(poll)
+
+
+def wait_for_step(process: subprocess.Popen, last: Path, step: int) -> None:
+    wait_for(process, lambda: step_of(last) >= step, f"step {step}")
 
 
 def final_state(run: Path) -> dict:
@@ -229,10 +234,7 @@ def test_preemption_signal_writes_a_checkpoint_and_the_next_run_resumes(signum, 
     process = start(*recipe_args("finetune", "sequence", tmp_path, "run"), cwd=tmp_path)
     # the first last.ckpt is step 50's; a stat per millisecond, not a load per poll, so the signal
     # lands a step or two later (loading the checkpoint to read its step let the run go 6 steps on)
-    deadline = time.time() + 240
-    while not last.exists():
-        assert process.poll() is None and time.time() < deadline, "no step-50 checkpoint in time"
-        time.sleep(0.001)
+    wait_for(process, last.exists, "the step-50 checkpoint", poll=0.001)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
