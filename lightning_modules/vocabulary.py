@@ -3,9 +3,9 @@
 A MiniLM-L6 student's word embeddings (30,522 x 384) are 11.7M parameters, more than its encoder
 after half of it is pruned, and most rows are tokens a task never sees. As TextPruner's vocabulary
 pruning does (Yang et al. 2022), the kept vocabulary is the tokens of the training split
-(tokenized as training tokenizes it) plus the special tokens; shrink also keeps every
-single-character token (``a``, ``##a``, ...), so a word made of removed pieces is spelled out from
-characters instead of becoming ``[UNK]``. The model keeps its architecture with a smaller
+(tokenized as training tokenizes it) plus the special tokens; shrink also keeps the
+single-character tokens (``a``, ``##a``, ...) of every character that text uses, so a word made of
+removed pieces is spelled out from characters instead of becoming ``[UNK]``. The model keeps its architecture with a smaller
 ``vocab_size``, and the tokenizer stays a standard WordPiece tokenizer with a shorter vocabulary:
 the folder loads in plain transformers, quantizes and exports to ONNX like any other. Text made of
 kept tokens gets exactly the logits it got before (tested); other text is tokenized into kept

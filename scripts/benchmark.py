@@ -109,9 +109,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def timed(run, inputs: list[dict], warmup: int) -> list[float]:
-    for batch in inputs[:warmup]:
-        run(batch)
+def timed(run, inputs: list[dict]) -> list[float]:
     times = []
     for batch in inputs:
         start = time.perf_counter()
@@ -149,14 +147,15 @@ def timed_rounds(runs: list, inputs: list[dict[str, list[dict]]], rounds: int) -
     """Each run's times per kind of input, in interleaved rounds: round r times every run on the r-th
     share of its inputs, so a noisy stretch of the machine lands on all rows alike, and the ratios
     between rows hold better than the absolute figures."""
-    for run, items in zip(runs, inputs, strict=True):  # warm-up
+    for run, items in zip(runs, inputs, strict=True):  # warm-up, untimed
         for kind, count in (("b1", 10), ("128", 5), ("b32", 1)):
-            timed(run, items[kind][:count], warmup=0)
+            for batch in items[kind][:count]:
+                run(batch)
     times = [{kind: [] for kind in items} for items in inputs]
     for r in range(rounds):
         for run, items, out in zip(runs, inputs, times, strict=True):
             for kind, batches in items.items():
-                out[kind] += timed(run, batches[r::rounds], warmup=0)
+                out[kind] += timed(run, batches[r::rounds])
     return times
 
 
@@ -219,6 +218,7 @@ def benchmark(args) -> list[dict]:
             ort_model = OnnxClassifier(onnx_path, args.threads, provider=args.provider)
             runtimes.append((f"onnxruntime{provider_tag}", ort_model, onnx_path.stat().st_size))
         batches = list(loader)
+        timed_on = timing_inputs(batches, args)  # one model's runtimes are timed on the same inputs
         for runtime, run, size in runtimes:
             print(f"scoring {name} ({runtime}) ...", file=sys.stderr, flush=True)
             rows.append(
@@ -233,7 +233,7 @@ def benchmark(args) -> list[dict]:
                 }
             )
             runs.append(run)
-            inputs.append(timing_inputs(batches, args))
+            inputs.append(timed_on)
     print(f"timing {len(runs)} rows in {args.rounds} interleaved rounds ...", file=sys.stderr, flush=True)
     for row, times in zip(rows, timed_rounds(runs, inputs, args.rounds), strict=True):
         row.update(latencies(times))
