@@ -14,6 +14,10 @@ from the first to the last training step, no validation inside); process start-u
 reported apart. Seconds per extra row are the slope between the two row counts, so fixed costs
 cancel. Then both score the dev split (accuracy or entity F1), so a speed-up that changes learning
 shows. Runs are interleaved (shrink, Trainer, shrink, ...) so machine noise hits both alike.
+``--defaults`` runs each tool as it comes instead of on the same settings: shrink with its recipe's
+precision and batching (``bf16-mixed`` where the CPU has bf16 instructions, else fp32; length-grouped
+batches), the Trainer with ``TrainingArguments``' (fp32, random batches). The dev metric says whether
+the two still learn alike.
 ``--compile`` adds shrink with ``model.torch_compile`` (inductor): its compile time lands in the
 training clock's fixed part (reported), its per-row cost in the slope.
 Writes bench_vs_trainer.md / .json under --out.
@@ -108,6 +112,7 @@ def trainer_child(a: dict) -> None:
     """One Trainer run in its own process (``--trainer-child SPEC``): prints its timings as JSON."""
     import inspect
 
+    import torch
     from transformers import Trainer, TrainingArguments
 
     model, train, collator, evaluate = trainer_setup(a)
@@ -121,7 +126,7 @@ def trainer_child(a: dict) -> None:
         version["train_sampling_strategy"] = "group_by_length" if a["grouped"] else "random"
     args = TrainingArguments(output_dir=a["out"], per_device_train_batch_size=a["batch_size"], learning_rate=a["lr"],
         weight_decay=0.01, adam_epsilon=1e-8, num_train_epochs=1, lr_scheduler_type="linear",
-        bf16=a["precision"] == "bf16-mixed", save_strategy="no", eval_strategy="no",
+        bf16=a["precision"] == "bf16-mixed", use_cpu=not torch.cuda.is_available(), save_strategy="no", eval_strategy="no",
         report_to=[], logging_steps=50, seed=42, disable_tqdm=True, dataloader_num_workers=0, **version)  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
     out = trainer.train()
@@ -138,11 +143,12 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
         "--model.init_args.warmup_ratio", str(args.warmup_ratio),
         "--data.init_args.data_files", files, "--data.init_args.max_train_samples", str(rows),
         "--data.init_args.batch_size", str(args.batch_size), "--data.init_args.max_length", str(args.max_length),
-        "--data.init_args.group_by_length", str(args.grouped).lower(), "--data.init_args.cache_dir", str(out / "cache"),
-        "--trainer.max_epochs", "1", "--trainer.precision", args.precision, "--trainer.val_check_interval", "1.0",
+        "--data.init_args.cache_dir", str(out / "cache"), "--trainer.max_epochs", "1", "--trainer.val_check_interval", "1.0",
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=lightning.pytorch.callbacks.Timer", "--out_dir", str(out / "run"),
     ]  # fmt: skip
+    if not args.defaults:  # else the recipe's own precision (per CPU) and length-grouped batches
+        cli += ["--trainer.precision", args.precision, "--data.init_args.group_by_length", str(args.grouped).lower()]
     if args.task == "token":
         cli += ["--data.init_args.tag_column", "3"]
     if compiled:  # inductor, dynamic shapes: its compile time falls in the first steps, so in the fixed cost
@@ -166,6 +172,8 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
 
 def run_trainer(args, rows: int, out: Path) -> dict:
     spec = {**vars(args), "rows": rows, "out": str(out / "hf")}
+    if args.defaults:  # TrainingArguments' own: fp32, random batches
+        spec.update(precision="32", grouped=False)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, __file__, "--trainer-child", json.dumps(spec)], capture_output=True,
                             text=True, env=dict(os.environ, WANDB_MODE="disabled"))  # fmt: skip
@@ -195,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--grouped", action="store_true", help="length-grouped batches in both")
+    parser.add_argument("--defaults", action="store_true",
+                        help="each tool's own precision and batching instead of --precision / --grouped")
     parser.add_argument("--compile", action="store_true", help="also shrink with model.torch_compile (inductor)")
     parser.add_argument("--out", default="results/bench_vs_trainer")
     args = parser.parse_args(argv)
@@ -235,11 +245,17 @@ def main(argv: list[str] | None = None) -> None:
               "speed_vs_trainer": speeds, "runs": runs}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.task}-{'grouped' if args.grouped else 'random'}-{args.precision}{'-compile' if args.compile else ''}"
+    setting = "defaults" if args.defaults else f"{'grouped' if args.grouped else 'random'}-{args.precision}"
+    name = f"{args.task}-{setting}{'-compile' if args.compile else ''}"
     (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    described = (
+        "each tool's defaults (shrink: its recipe's precision on this CPU, length-grouped; Trainer: fp32, random)"
+        if args.defaults
+        else f"{'length-grouped' if args.grouped else 'random'} batches, precision {args.precision}"
+    )
     lines = [
-        f"{args.task}, {'length-grouped' if args.grouped else 'random'} batches, precision {args.precision}, "
-        f"{Path(args.model).name}, batch {args.batch_size}, rows {small} -> {large}, {args.reps} reps, {cpu_name()}",
+        f"{args.task}, {described}, {Path(args.model).name}, batch {args.batch_size}, rows {small} -> {large}, "
+        f"{args.reps} reps, {cpu_name()}",
         "",
         "| tool | ms per row (each rep) | median | speed vs Trainer | training clock at 0 rows (s) | start-up + load + eval (s) | dev metric |",
         "|---|---|---|---|---|---|---|",
