@@ -366,9 +366,10 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
     )  # fmt: skip  (dynamo's eager backend: the compiled row without inductor's minute of kernel generation)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((bench / "benchmark.json").read_text())["rows"]
-    compiled = rows.pop(1)
-    assert (compiled["model"], compiled["runtime"]) == ("fp32", "pytorch compiled")
-    assert compiled["accuracy"] == rows[0]["accuracy"] and compiled["size_mb"] == rows[0]["size_mb"]
+    for index, name in enumerate(("fp32", "ptq int8", "qat int8")):  # each PyTorch row, then its compiled row
+        eager, compiled = rows[2 * index], rows.pop(2 * index + 1)
+        assert (eager["model"], compiled["model"], compiled["runtime"]) == (name, name, "pytorch compiled")
+        assert compiled["accuracy"] == eager["accuracy"] and compiled["size_mb"] == eager["size_mb"]
     assert [(r["model"], r["runtime"]) for r in rows] == [
         (m, rt) for m in ("fp32", "ptq int8", "qat int8") for rt in ("pytorch", "onnxruntime")
     ]
@@ -379,8 +380,8 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
     assert rows[2]["size_mb"] < 0.55 * rows[0]["size_mb"]
     assert rows[4]["retention"] == pytest.approx(rows[4]["accuracy"] / rows[0]["accuracy"], abs=1e-4)
     assert all(r["latency_ms_p50"] > 0 and r["throughput_b32"] > 0 for r in rows)
-    table = (bench / "benchmark.md").read_text()
-    assert table.count("\n| ") == 2 + len(rows) and (bench / "benchmark.png").stat().st_size > 10_000
+    table = (bench / "benchmark.md").read_text()  # the header and every row, the 3 compiled ones too
+    assert table.count("\n| ") == 1 + len(rows) + 3 and (bench / "benchmark.png").stat().st_size > 10_000
     result = run_script("benchmark.py", "--model", f"x={tmp_path / 'missing.ckpt'}", *data, "--out", str(bench),
                         cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "does not exist" in result.stderr.strip().splitlines()[-1]
