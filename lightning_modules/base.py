@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -144,6 +145,30 @@ def read_checkpoint(path: str, role: str = "--model") -> dict[str, Any]:
             "use checkpoints written by `shrink fit` or scripts/export.py ptq"
         )
     return checkpoint
+
+
+def compile_backend(torch_compile: bool | str, trainer: L.Trainer, grouped: bool = False) -> str | None:
+    """The ``torch.compile`` backend of ``model.torch_compile``, or None for eager. ``auto`` is inductor
+    where compiled training steps were measured to pay: ``bf16-mixed`` on a CPU with AMX, on random
+    batches (2x per step for MiniLM-L6 on SST-2; on length-grouped batches, short and barely padded,
+    1.0x: scripts/bench_vs_trainer.py --compile). It says which it chose."""
+    if torch_compile != "auto":
+        return ("inductor" if torch_compile is True else torch_compile) or None
+    from lightning_modules.export import cpu_flags
+
+    on_cpu = trainer.strategy.root_device.type == "cpu"
+    amx_bf16 = on_cpu and "bf16" in str(trainer.precision) and "amx_bf16" in cpu_flags()
+    if amx_bf16 and not grouped:
+        rank_zero_info(
+            "model.torch_compile auto -> inductor: bf16 on a CPU with AMX, where compiled steps run about "
+            "2x faster after 30 s to 2 min of compiling (--model.torch_compile false turns it off)"
+        )
+        return "inductor"
+    rank_zero_info(
+        "model.torch_compile auto -> eager: compiling was measured to pay only for bf16 on CPUs with AMX"
+        + (", on random batches (data.group_by_length false)" if amx_bf16 else "")
+    )
+    return None
 
 
 def load_classifier(
@@ -296,11 +321,13 @@ class ClassificationModule(L.LightningModule):
             metrics: sequence metrics beside accuracy and macro-F1: ``mcc`` (Matthews correlation, CoLA),
                 ``f1`` (F1 of label id 1 of two: MRPC, QQP), logged as ``val/mcc``, ``val/f1``.
             torch_compile: train the model through ``torch.compile(dynamic=True)`` (one graph for
-                every padded length; weights, checkpoints and the model folder are unchanged). Off by
-                default: on a 2-core AMD EPYC Zen 4 CPU, MiniLM-L6 training steps were 1.07x faster
-                after 32 s of compiling with inductor's disk cache warm, about 140 s cold
-                (scripts/bench_vs_trainer.py --compile); long runs and GPUs are where it pays. A string names the backend (``inductor``, the default, or
-                ``aot_eager``: the same graphs without generated kernels). Fine-tuning and distillation only.
+                every padded length; weights, checkpoints and the model folder are unchanged). ``True``
+                is inductor; another string names the backend (``aot_eager``: the same graphs without
+                generated kernels). ``auto`` (the SST-2 / CoNLL / GLUE recipes) compiles with inductor
+                where it was measured to pay, bf16 on a CPU with AMX and random batches: MiniLM-L6 steps
+                2x faster after about 30 s of compiling (2 minutes the first time); elsewhere eager
+                (length-grouped batches on AMX: 1.0x; an AMD EPYC Zen 4: 1.07x; GPUs are not measured
+                yet). Fine-tuning and distillation only.
         """
         super().__init__()
         for name, value, ok, rule in (
@@ -311,7 +338,7 @@ class ClassificationModule(L.LightningModule):
         ):
             if not ok:
                 raise InputError(f"model.{name} is {value}: it must be {rule}")
-        if torch_compile and not self.compilable:
+        if torch_compile and torch_compile != "auto" and not self.compilable:
             raise InputError(f"model.torch_compile is for fine-tuning and distillation: {type(self).__name__} trains eager")
         self.torch_compile = torch_compile
         if not label_names:
@@ -480,8 +507,9 @@ class ClassificationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.model.config.shrink_lineage = self.lineage()
-            if self.torch_compile:  # in place: parameter names, and so checkpoints, stay the same
-                backend = self.torch_compile if isinstance(self.torch_compile, str) else "inductor"
+            grouped = bool(getattr(self.trainer.datamodule, "group_by_length", False))
+            backend = compile_backend(self.torch_compile, self.trainer, grouped) if self.compilable else None
+            if backend:  # in place: parameter names, and so checkpoints, stay the same
                 self.model.compile(dynamic=True, backend=backend)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
 from lightning_modules.base import ClassificationModule
+from lightning_modules.export import cpu_flags
 from lightning_modules.model_folder import (
     checkpoint_tokenizer,
     stage_card,
@@ -80,11 +81,8 @@ yaml.SafeDumper.add_multi_representer(enum.Enum, _enum_as_value)
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 natively (x86: avx512_bf16 or amx_bf16; ARM: bf16). Unknown
     (no /proc/cpuinfo) counts as yes: nothing is changed where nothing is known."""
-    path = Path("/proc/cpuinfo")
-    if not path.is_file():
-        return True
-    flags = set(path.read_text().split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    flags = cpu_flags()
+    return not flags or bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def wandb_mode_default() -> None:

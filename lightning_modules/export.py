@@ -197,11 +197,16 @@ def _cpuinfo(field: str) -> str:
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(field)), "")
 
 
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of /proc/cpuinfo (x86 ``flags``, ARM ``Features``; empty off Linux)."""
+    return set((_cpuinfo("flags") or _cpuinfo("Features")).split())
+
+
 def cpu_name() -> str:
     """``lscpu``'s model name and the int8 / bf16 instruction sets that change ONNX Runtime's kernels."""
     import platform
 
-    flags = _cpuinfo("flags").split()
+    flags = cpu_flags()
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
     return f"{_cpuinfo('model name') or platform.processor()} ({' '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
@@ -209,7 +214,7 @@ def cpu_name() -> str:
 def has_int8_dot() -> bool:
     """Whether ONNX Runtime's uint8 x int8 kernel is exact here: x86 VNNI (``vpdpbusd`` sums in int32)
     or AMX. Unknown CPUs (not Linux x86) count as no: the exact u8u8 graph runs there."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(_cpuinfo("flags").split()))
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
 def signed_weights(model: Any) -> int:

@@ -15,8 +15,8 @@ reported apart. Seconds per extra row are the slope between the two row counts, 
 cancel. Then both score the dev split (accuracy or entity F1), so a speed-up that changes learning
 shows. Runs are interleaved (shrink, Trainer, shrink, ...) so machine noise hits both alike.
 ``--defaults`` runs each tool as it comes instead of on the same settings: shrink with its recipe's
-precision and batching (``bf16-mixed`` where the CPU has bf16 instructions, else fp32; length-grouped
-batches), the Trainer with ``TrainingArguments``' (fp32, random batches). The dev metric says whether
+precision, batching and compilation (``bf16-mixed`` where the CPU has bf16 instructions, else fp32;
+length-grouped batches; ``torch_compile: auto``, which compiles for bf16 on AMX CPUs), the Trainer with ``TrainingArguments``' (fp32, random batches). The dev metric says whether
 the two still learn alike.
 ``--compile`` adds shrink with ``model.torch_compile`` (inductor): its compile time lands in the
 training clock's fixed part (reported), its per-row cost in the slope.
@@ -153,6 +153,8 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
         cli += ["--data.init_args.tag_column", "3"]
     if compiled:  # inductor, dynamic shapes: its compile time falls in the first steps, so in the fixed cost
         cli += ["--model.init_args.torch_compile", "true"]
+    elif not args.defaults:  # the recipe's auto would compile on AMX CPUs in bf16
+        cli += ["--model.init_args.torch_compile", "false"]
     started = time.perf_counter()
     result = subprocess.run(cli, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="offline"))
     total = time.perf_counter() - started

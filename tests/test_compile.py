@@ -71,3 +71,34 @@ def test_stages_that_train_eager_refuse_compile_in_one_line(tmp_path):
     with pytest.raises(InputError, match="torch_compile is for fine-tuning and distillation: QATModule"):
         QATModule(model_name_or_path=fine_tuned_checkpoint("sequence", tmp_path), task="sequence",
                   label_names=["negative", "positive"], torch_compile=True)  # fmt: skip
+
+
+def test_auto_compiles_with_inductor_only_for_bf16_on_a_cpu_with_amx(tmp_path, monkeypatch):
+    """``torch_compile: auto`` (the SST-2 / CoNLL / GLUE recipes) compiles where it was measured to pay:
+    bf16 on AMX with random batches (2x per step); not on length-grouped batches there (1.0x), not on
+    an AVX-512 bf16 CPU without AMX (AMD Zen 4: 1.07x), nor in fp32."""
+    from lightning_modules import base, export
+
+    cases = [  # CPU flags, precision, backend
+        ({"avx512f", "avx512_bf16", "amx_bf16"}, "bf16-mixed", "inductor"),
+        ({"avx512f", "avx512_bf16", "amx_bf16"}, "32-true", None),
+        ({"avx512f", "avx512_bf16"}, "bf16-mixed", None),
+        (set(), "bf16-mixed", None),
+    ]
+    for flags, precision, backend in cases:
+        monkeypatch.setattr(export, "cpu_flags", lambda flags=flags: flags)
+        run = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False)
+        assert base.compile_backend("auto", run) == backend, (flags, precision)
+        assert base.compile_backend("auto", run, grouped=True) is None
+    for value, backend in ((True, "inductor"), ("aot_eager", "aot_eager"), (False, None)):
+        assert base.compile_backend(value, run) == backend
+    # through a real fit on an AMX CPU in bf16: length-grouped batches (the recipes'), so it trains eager
+    monkeypatch.setattr(export, "cpu_flags", lambda: {"amx_bf16"})
+    L.seed_everything(0)
+    dm = datamodule("sequence", tmp_path / "cache", group_by_length=True)
+    module = FineTuneModule(model_config=ONE_LAYER, task="sequence", label_names=dm.label_names, torch_compile="auto")
+    trainer(max_steps=2, precision="bf16-mixed", enable_checkpointing=False).fit(module, dm)
+    assert module.model._compiled_call_impl is None
+    # the stages that never compile accept auto
+    QATModule(model_name_or_path=fine_tuned_checkpoint("sequence", tmp_path), task="sequence",
+              label_names=["negative", "positive"], torch_compile="auto")  # fmt: skip

@@ -32,6 +32,9 @@ def test_recipe_resolves_to_a_full_config(recipe, capsys):
     token = "token" in recipe.stem or recipe.parent.name == "conll2003"
     assert monitor == ("val/f1" if token else "val/pearson" if "rating" in recipe.stem else "val/accuracy")
     assert config["trainer"]["logger"]["class_path"].endswith("WandbLogger")
+    # the real-data recipes compile where it pays (auto); the demo's stay eager, as do QAT and pruning
+    compiles = recipe.parent.name != "demo" and recipe.stem in ("finetune", "distill")
+    assert config["model"]["init_args"].get("torch_compile", False) == ("auto" if compiles else False)
     assert config["data"]["class_path"].endswith("TokenClassificationDataModule" if token else
                                                   "SequenceClassificationDataModule")  # fmt: skip
 
