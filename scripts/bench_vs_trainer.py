@@ -16,7 +16,8 @@ cancel. Then both score the dev split (accuracy or entity F1), so a speed-up tha
 shows. Runs are interleaved (shrink, Trainer, shrink, ...) so machine noise hits both alike.
 ``--defaults`` runs each tool as it comes instead of on the same settings: shrink with its recipe's
 precision, batching and compilation (``bf16-mixed`` where the CPU has bf16 instructions, else fp32;
-length-grouped batches; ``torch_compile: auto``, which compiles for bf16 on AMX CPUs), the Trainer with ``TrainingArguments``' (fp32, random batches). The dev metric says whether
+length-grouped batches; ``torch_compile: auto``, which compiles only for bf16 on AMX CPUs with random
+batches), the Trainer with ``TrainingArguments``' (fp32, random batches). The dev metric says whether
 the two still learn alike.
 ``--compile`` adds shrink with ``model.torch_compile`` (inductor): its compile time lands in the
 training clock's fixed part (reported), its per-row cost in the slope.
