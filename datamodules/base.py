@@ -89,7 +89,9 @@ class ClassificationDataModule(L.LightningDataModule):
             batch_size: training batch size per device.
             eval_batch_size: batch size for validate/test/predict (default: ``batch_size``).
             group_by_length: draw training batches of similar length (as transformers' Trainer
-                ``group_by_length``): still random, much less padding, so faster steps on short texts.
+                ``group_by_length``): still random, much less padding, so faster steps on short texts,
+                but other batches than a shuffle, which learned 0.3-1.8 points less in the measured short
+                runs. ``model.split_by_length`` cuts the padding of shuffled batches instead.
             num_workers: worker processes of the validation / test / predict loaders (the training
                 loader runs in the main process, which keeps its saved position exact on resume).
             validation_split / test_split / predict_split: which split each stage reads. A list of

@@ -32,5 +32,5 @@ def data_config(task: str) -> dict:
     init.update({"label_names": spec["labels"]} if spec["labels"] else {"regression": True})
     init.update(validation_split=spec.get("validation", "validation"),
                 test_split=spec.get("test", "validation"), predict_split=spec.get("test", "validation"),
-                max_length=128, batch_size=32, group_by_length=True, num_workers=2)  # fmt: skip
+                max_length=128, batch_size=32, group_by_length=False, num_workers=2)  # fmt: skip
     return {"class_path": "datamodules.SequenceClassificationDataModule", "init_args": init}

@@ -330,7 +330,7 @@ class DistillationModule(ClassificationModule):
                     teacher_present = torch.nn.functional.pad(teacher_present, (0, missing))
         else:
             with torch.no_grad():
-                teacher_output = self.teacher(**self._teacher_inputs(batch), **kwargs)
+                teacher_output = self.run(self.teacher, self._teacher_inputs(batch), **kwargs)
             teacher_logits, teacher_present = self._teacher_logits(batch, n_words, teacher_output)
 
         if self.task == "sequence" and len(self.label_names) == 1:  # regression: match the teacher's number

@@ -16,11 +16,13 @@ cancel. Then both score the dev split (accuracy or entity F1), so a speed-up tha
 shows. Runs are interleaved (shrink, Trainer, shrink, ...) so machine noise hits both alike.
 ``--defaults`` runs each tool as it comes instead of on the same settings: shrink with its recipe's
 precision, batching and compilation (``bf16-mixed`` where the CPU has bf16 instructions, else fp32;
-length-grouped batches; ``torch_compile: auto``, which compiles only for bf16 on AMX CPUs with random
-batches), the Trainer with ``TrainingArguments``' (fp32, random batches). The dev metric says whether
+random batches, split by length on CPU; ``torch_compile: auto``, which compiles only for bf16 on AMX
+CPUs), the Trainer with ``TrainingArguments``' (fp32, random batches). The dev metric says whether
 the two still learn alike.
 ``--compile`` adds shrink with ``model.torch_compile`` (inductor): its compile time lands in the
-training clock's fixed part (reported), its per-row cost in the slope.
+training clock's fixed part (reported), its per-row cost in the slope. ``--split`` adds shrink with
+``model.split_by_length`` (each batch run as sub-batches of similar length: the same batches and
+gradients as the other two, less padding); without ``--defaults`` the plain shrink row runs whole batches.
 Writes bench_vs_trainer.md / .json under --out.
 """
 
@@ -135,7 +137,7 @@ def trainer_child(a: dict) -> None:
 
 
 
-def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
+def run_shrink(args, rows: int, out: Path, compiled: bool = False, split: bool = False) -> dict:
     config = ROOT / "configs" / ("sst2" if args.task == "sequence" else "conll2003") / "finetune.yaml"
     files = f"{{train: {args.train}, validation: {args.dev}}}"
     cli = [
@@ -148,7 +150,7 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=lightning.pytorch.callbacks.Timer", "--out_dir", str(out / "run"),
     ]  # fmt: skip
-    if not args.defaults:  # else the recipe's own precision (per CPU) and length-grouped batches
+    if not args.defaults:  # else the recipe's own precision (per CPU), batching and splitting
         cli += ["--trainer.precision", args.precision, "--data.init_args.group_by_length", str(args.grouped).lower()]
     if args.task == "token":
         cli += ["--data.init_args.tag_column", "3"]
@@ -156,6 +158,8 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False) -> dict:
         cli += ["--model.init_args.torch_compile", "true"]
     elif not args.defaults:  # the recipe's auto would compile on AMX CPUs in bf16
         cli += ["--model.init_args.torch_compile", "false"]
+    if split or not args.defaults:  # the recipe's auto splits on CPU
+        cli += ["--model.init_args.split_by_length", str(split).lower()]
     started = time.perf_counter()
     result = subprocess.run(cli, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="offline"))
     total = time.perf_counter() - started
@@ -209,11 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--defaults", action="store_true",
                         help="each tool's own precision and batching instead of --precision / --grouped")
     parser.add_argument("--compile", action="store_true", help="also shrink with model.torch_compile (inductor)")
+    parser.add_argument("--split", action="store_true", help="also shrink with model.split_by_length")
     parser.add_argument("--out", default="results/bench_vs_trainer")
     args = parser.parse_args(argv)
     tools = {"shrink": run_shrink, "trainer": run_trainer}
     if args.compile:
         tools["shrink compiled"] = lambda *a: run_shrink(*a, compiled=True)
+    if args.split:
+        tools["shrink split"] = lambda *a: run_shrink(*a, split=True)
     runs = {tool: {n: [] for n in args.rows} for tool in tools}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
@@ -249,10 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setting = "defaults" if args.defaults else f"{'grouped' if args.grouped else 'random'}-{args.precision}"
-    name = f"{args.task}-{setting}{'-compile' if args.compile else ''}"
+    name = f"{args.task}-{setting}{'-compile' if args.compile else ''}{'-split' if args.split else ''}"
     (out / f"{name}.json").write_text(json.dumps(record, indent=1))
     described = (
-        "each tool's defaults (shrink: its recipe's precision on this CPU, length-grouped; Trainer: fp32, random)"
+        "each tool's defaults (shrink: its recipe's precision on this CPU, random batches split by length; "
+        "Trainer: fp32, random)"
         if args.defaults
         else f"{'length-grouped' if args.grouped else 'random'} batches, precision {args.precision}"
     )

@@ -35,6 +35,9 @@ def test_recipe_resolves_to_a_full_config(recipe, capsys):
     # the real-data recipes compile where it pays (auto); the demo's stay eager, as do QAT and pruning
     compiles = recipe.parent.name != "demo" and recipe.stem in ("finetune", "distill")
     assert config["model"]["init_args"].get("torch_compile", False) == ("auto" if compiles else False)
+    # ... and split batches by length on CPU, on random batches: the same batches as the Trainer's default
+    assert config["model"]["init_args"].get("split_by_length", False) == ("auto" if compiles else False)
+    assert config["data"]["init_args"].get("group_by_length") is False
     assert config["data"]["class_path"].endswith("TokenClassificationDataModule" if token else
                                                   "SequenceClassificationDataModule")  # fmt: skip
 

@@ -202,13 +202,14 @@ def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninter
     "stage,kill_at,grouped",
     [
         ("finetune", random.Random(5).randint(4, 14), True),  # a random step (13: mid second epoch)
-        # right after the epoch-end checkpoint: the next epoch's order must match too
+        # right after the epoch-end checkpoint: the next epoch's order must match too; random batches,
+        # split by length (each part draws its own dropout masks)
         ("finetune", 10, False),
     ],
 )
 def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage, kill_at, grouped, tmp_path):
     # grouped: length-grouped batches (data.group_by_length), whose order must resume exactly too
-    extra = ["--data.init_args.group_by_length", "true"] if grouped else []
+    extra = ["--data.init_args.group_by_length", "true"] if grouped else ["--model.init_args.split_by_length", "true"]
     whole = run_cli_process("fit", *args(stage, tmp_path, "whole", *extra), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
