@@ -50,18 +50,21 @@ def test_compiled_fine_tuning_equals_eager_and_resumes_mid_epoch_exactly_in_bf16
         assert torch.equal(value, whole[key]), key
 
 
+def distill_from_teacher_cache(tmp_path, teacher: str, **options) -> DistillationModule:
+    """6 steps of a 1-layer student without dropout, from the teacher's cached logits."""
+    student = dict(STUDENT, num_hidden_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    L.seed_everything(0)
+    dm = datamodule("sequence", tmp_path / "cache")
+    module = DistillationModule(teacher=teacher, student_config=student, task="sequence", label_names=dm.label_names,
+                                teacher_cache=True, cache_dir=str(tmp_path / "cache"), learning_rate=1e-3, **options)  # fmt: skip
+    trainer(max_steps=6).fit(module, dm)
+    assert module._cache is not None
+    return module
+
+
 def test_compiled_distillation_with_teacher_cache_equals_eager(tmp_path):
     teacher = fine_tuned_checkpoint("sequence", tmp_path)
-    student = dict(STUDENT, num_hidden_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    results = []
-    for compiled in (False, "eager"):
-        L.seed_everything(0)
-        dm = datamodule("sequence", tmp_path / "cache")
-        module = DistillationModule(teacher=teacher, student_config=student, task="sequence", label_names=dm.label_names,
-                                    teacher_cache=True, cache_dir=str(tmp_path / "cache"), learning_rate=1e-3,
-                                    torch_compile=compiled)  # fmt: skip
-        trainer(max_steps=6).fit(module, dm)
-        results.append(weights(module))
+    results = [weights(distill_from_teacher_cache(tmp_path, teacher, torch_compile=c)) for c in (False, "eager")]
     assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 1  # built once, reused compiled
     for key, value in results[1].items():
         torch.testing.assert_close(value, results[0][key], rtol=0, atol=1e-6, msg=key)

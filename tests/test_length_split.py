@@ -13,7 +13,7 @@ import torch
 
 from datamodules import InputError
 from lightning_modules import DistillationModule, FineTuneModule, QATModule, length_split
-from tests.test_compile import ONE_LAYER, weights
+from tests.test_compile import ONE_LAYER, distill_from_teacher_cache, weights
 from tests.test_distill import STUDENT, TINY, datamodule, fine_tuned_checkpoint, trainer
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -156,16 +156,8 @@ def test_stages_that_train_on_whole_batches_refuse_split_in_one_line(tmp_path):
 def test_split_distillation_from_the_teacher_cache_trains_to_the_weights_of_whole_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(length_split, "PART_OVERHEAD_TOKENS", 0)
     teacher = fine_tuned_checkpoint("sequence", tmp_path)
-    student = dict(STUDENT, num_hidden_layers=1, **NO_DROPOUT)
-    results = []
-    for split in (False, True):
-        L.seed_everything(0)
-        dm = datamodule("sequence", tmp_path / "cache")
-        module = DistillationModule(teacher=teacher, student_config=student, task="sequence", label_names=dm.label_names,
-                                    teacher_cache=True, cache_dir=str(tmp_path / "cache"), learning_rate=1e-3,
-                                    split_by_length=split)  # fmt: skip
-        trainer(max_steps=6).fit(module, dm)
-        assert module.split_batches == split and module._cache is not None
-        results.append(weights(module))
-    for key, value in results[1].items():
-        torch.testing.assert_close(value, results[0][key], rtol=0, atol=2e-6, msg=key)
+    modules = [distill_from_teacher_cache(tmp_path, teacher, split_by_length=split) for split in (False, True)]
+    assert [m.split_batches for m in modules] == [False, True]
+    whole, split = (weights(m) for m in modules)
+    for key, value in split.items():
+        torch.testing.assert_close(value, whole[key], rtol=0, atol=2e-6, msg=key)
