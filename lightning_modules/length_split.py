@@ -75,29 +75,24 @@ def forward_split_by_length(
     full_length = mask.shape[1]
     rest = {k: v for k, v in inputs.items() if k != "input_ids"}
     inputs_embeds = embeddings(inputs["input_ids"])
-    # what the model's loss averages over: rows, or labelled tokens (-100 is ignored)
-    weights = None
+    # what the model's loss averages over, per row: 1 (sequences) or its labelled tokens (-100 is ignored)
     if labels is not None:
-        weights = (
-            (labels != -100).sum(-1).float()
-            if task == "token"
-            else torch.ones(len(labels), device=labels.device)
-        )
-    total = weights.sum() if weights is not None else None
+        weights = (labels != -100).sum(-1)[order].tolist() if task == "token" else [1] * len(labels)
+        total = sum(weights)  # weights are in sorted order, as the parts are
     outputs, loss = [], None
     for start, end in parts:
         rows, length = order[start:end], sorted_lengths[end - 1]
         part_inputs = {k: v[rows, :length] for k, v in rest.items()}
-        part_labels = None
+        part_labels, part_weight = None, 0
         if labels is not None:
-            part_labels = labels[rows, :length] if task == "token" else labels[rows]
-            if float(weights[rows].sum()) == 0:  # no labelled token: the model's mean would be NaN
-                part_labels = None
+            part_weight = sum(weights[start:end])
+            if part_weight:  # no labelled token: the model's mean would be NaN
+                part_labels = labels[rows, :length] if task == "token" else labels[rows]
         output = model(
             inputs_embeds=inputs_embeds[rows, :length], **part_inputs, labels=part_labels, **kwargs
         )
         if part_labels is not None:
-            term = output.loss * (weights[rows].sum() / total)
+            term = output.loss * (part_weight / total)
             loss = term if loss is None else loss + term
         outputs.append(output)
 
@@ -110,9 +105,9 @@ def forward_split_by_length(
     first = outputs[0]
     result: dict[str, Any] = {"logits": joined([o.logits for o in outputs], (1,) if task == "token" else ())}
     for key, dims in (("hidden_states", (1,)), ("attentions", (2, 3))):
-        if getattr(first, key, None) is not None:
+        if getattr(first, key, None) is not None:  # one tuple per part: join them layer by layer
             result[key] = tuple(
-                joined([getattr(o, key)[i] for o in outputs], dims) for i in range(len(getattr(first, key)))
+                joined(list(layer), dims) for layer in zip(*(getattr(o, key) for o in outputs), strict=True)
             )
     if labels is not None:
         result["loss"] = loss if loss is not None else outputs[0].logits.sum() * 0.0

@@ -53,12 +53,12 @@ def loss_and_gradients(
 
 
 def assert_same(split, whole):
-    for (losses, grads), (losses_whole, grads_whole) in [(split, whole)]:
-        assert losses.keys() == losses_whole.keys() and grads.keys() == grads_whole.keys()
-        for k, v in losses.items():
-            torch.testing.assert_close(v, losses_whole[k], rtol=1e-5, atol=1e-6, msg=k)
-        for k, v in grads.items():
-            torch.testing.assert_close(v, grads_whole[k], rtol=1e-4, atol=1e-6, msg=k)
+    (losses, grads), (losses_whole, grads_whole) = split, whole
+    assert losses.keys() == losses_whole.keys() and grads.keys() == grads_whole.keys()
+    for k, v in losses.items():
+        torch.testing.assert_close(v, losses_whole[k], rtol=1e-5, atol=1e-6, msg=k)
+    for k, v in grads.items():
+        torch.testing.assert_close(v, grads_whole[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 def count_calls(model: torch.nn.Module) -> list[int]:
