@@ -18,7 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules import demo
 from datamodules.errors import InputError
-from datamodules.sampler import LengthGroupedSampler
+from datamodules.sampler import LengthGroupedSampler, LongestFirstSampler
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # bump when the encoding changes, so old caches are not reused
@@ -374,9 +374,12 @@ class ClassificationDataModule(L.LightningDataModule):
             for split in self.extra_validation_splits.values():
                 self.encoded_split(split)
 
-    def loader(self, stage: str, shuffle: bool = False, split: str | None = None) -> DataLoader:
+    def loader(
+        self, stage: str, shuffle: bool = False, split: str | None = None, longest_first: bool = False
+    ) -> DataLoader:
         """The loader of the split that ``stage`` reads (or of ``split``): the training one keeps its
-        position for exact resume; the others batch by ``eval_batch_size``."""
+        position for exact resume; the others batch by ``eval_batch_size``, in file order or, with
+        ``longest_first`` (what validate / test / predict use), longest example first."""
         data = self.encoded_split(split or self.splits[stage])
         if stage == "fit":
             # a StatefulDataLoader: Lightning saves its position in checkpoints, so a run resumed
@@ -395,6 +398,7 @@ class ClassificationDataModule(L.LightningDataModule):
         return DataLoader(
             data,
             batch_size=self.eval_batch_size,
+            sampler=LongestFirstSampler([len(ids) for ids in data["input_ids"]]) if longest_first else None,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -405,15 +409,15 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The validation loader, or one per validation split (the first is what ``val/`` scores)."""
-        if not self.extra_validation_splits:
-            return self.loader("validate")
-        return [self.loader("validate")] + [self.loader("validate", split=s) for s in self.extra_validation_splits.values()]
+        splits = [None, *self.extra_validation_splits.values()]
+        loaders = [self.loader("validate", split=split, longest_first=True) for split in splits]
+        return loaders if self.extra_validation_splits else loaders[0]
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+        return self.loader("test", longest_first=True)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.loader("predict")
+        return self.loader("predict", longest_first=True)
 
 
 def _tokenizer_digest(tokenizer) -> str:

@@ -66,17 +66,18 @@ class PredictionWriter(BasePredictionWriter):
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        # batches ran longest first: back to file order
+        in_order = sorted((p for batch in predictions for p in batch), key=lambda p: p["idx"])
         with tmp.open("w", encoding="utf-8") as f:
-            for batch in predictions:
-                for prediction in batch:
-                    row = rows[prediction.pop("idx")]
-                    if "tokens" in row:  # words beyond max_length were not seen: tag them O
-                        tags = prediction["labels"]
-                        prediction = {
-                            "tokens": row["tokens"],
-                            "labels": tags + ["O"] * (len(row["tokens"]) - len(tags)),
-                        }
-                    else:
-                        prediction = {"text": row["text"], **prediction}
-                    f.write(json.dumps(prediction, ensure_ascii=False) + "\n")
+            for prediction in in_order:
+                row = rows[prediction.pop("idx")]
+                if "tokens" in row:  # words beyond max_length were not seen: tag them O
+                    tags = prediction["labels"]
+                    prediction = {
+                        "tokens": row["tokens"],
+                        "labels": tags + ["O"] * (len(row["tokens"]) - len(tags)),
+                    }
+                else:
+                    prediction = {"text": row["text"], **prediction}
+                f.write(json.dumps(prediction, ensure_ascii=False) + "\n")
         tmp.replace(path)

@@ -13,7 +13,9 @@ training loop is timed the same way in both (Lightning's Timer callback / ``trai
 from the first to the last training step, no validation inside); process start-up and model load are
 reported apart. Seconds per extra row are the slope between the two row counts, so fixed costs
 cancel. Then both score the dev split (accuracy or entity F1), so a speed-up that changes learning
-shows. Runs are interleaved (shrink, Trainer, shrink, ...) so machine noise hits both alike.
+shows; that evaluation is timed too (shrink's epoch-end validation, which runs the longest rows first;
+the Trainer's ``predict``, in file order), at the training batch size (with ``--defaults``, each
+tool's own: shrink's recipe uses it, the Trainer's is 8). Runs are interleaved (shrink, Trainer, shrink, ...) so machine noise hits both alike.
 ``--defaults`` runs each tool as it comes instead of on the same settings: shrink with its recipe's
 precision, batching and compilation (``bf16-mixed`` where the CPU has bf16 instructions, else fp32;
 random batches, split by length on CPU; ``torch_compile: auto``, which compiles only for bf16 on AMX
@@ -95,18 +97,22 @@ def trainer_setup(a: dict):
     model = auto.from_pretrained(a["model"], num_labels=len(names), id2label=dict(enumerate(names)),
                                  label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)  # fmt: skip
 
-    def evaluate(trainer) -> float:
+    def evaluate(trainer) -> tuple[float, float]:
+        """The dev metric, and the seconds ``trainer.predict`` took on the dev split."""
         dev_texts, dev_labels = rows(a["dev"])
-        pred = trainer.predict(encode(dev_texts, dev_labels))
+        dev = encode(dev_texts, dev_labels)
+        started = time.perf_counter()
+        pred = trainer.predict(dev)
+        seconds = time.perf_counter() - started
         if a["task"] == "sequence":
-            return float((pred.predictions.argmax(-1) == np.array(dev_labels)).mean())
+            return float((pred.predictions.argmax(-1) == np.array(dev_labels)).mean()), seconds
         from seqeval.metrics import f1_score
         from seqeval.scheme import IOB2
 
         p, gold = pred.predictions.argmax(-1), pred.label_ids
         y_true = [[names[x] for x in g if x != -100] for g in gold]
         y_pred = [[names[x] for x, g in zip(pr, gr, strict=True) if g != -100] for pr, gr in zip(p, gold, strict=True)]
-        return float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2))
+        return float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2)), seconds
 
     return model, encode(texts, labels), collator, evaluate
 
@@ -127,13 +133,16 @@ def trainer_child(a: dict) -> None:
     else:
         version["warmup_steps"] = a["warmup_ratio"]
         version["train_sampling_strategy"] = "group_by_length" if a["grouped"] else "random"
+    if not a["defaults"]:  # else TrainingArguments' own (8)
+        version["per_device_eval_batch_size"] = a["batch_size"]
     args = TrainingArguments(output_dir=a["out"], per_device_train_batch_size=a["batch_size"], learning_rate=a["lr"],
         weight_decay=0.01, adam_epsilon=1e-8, num_train_epochs=1, lr_scheduler_type="linear",
         bf16=a["precision"] == "bf16-mixed", use_cpu=not torch.cuda.is_available(), save_strategy="no", eval_strategy="no",
-        report_to=[], logging_steps=50, seed=42, disable_tqdm=True, dataloader_num_workers=0, **version)  # fmt: skip
+        report_to=[], logging_steps=50, seed=a.get("seed", 42), disable_tqdm=True, dataloader_num_workers=0, **version)  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
     out = trainer.train()
-    print(json.dumps({"train_s": out.metrics["train_runtime"], "startup_s": loaded, "metric": evaluate(trainer)}))
+    metric, eval_s = evaluate(trainer)
+    print(json.dumps({"train_s": out.metrics["train_runtime"], "startup_s": loaded, "metric": metric, "eval_s": eval_s}))
 
 
 
@@ -149,6 +158,7 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False, split: bool =
         "--data.init_args.cache_dir", str(out / "cache"), "--trainer.max_epochs", "1", "--trainer.val_check_interval", "1.0",
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=lightning.pytorch.callbacks.Timer", "--out_dir", str(out / "run"),
+        "--seed_everything", str(args.seed),
     ]  # fmt: skip
     if not args.defaults:  # else the recipe's own precision (per CPU), batching and splitting
         cli += ["--trainer.precision", args.precision, "--data.init_args.group_by_length", str(args.grouped).lower()]
@@ -173,8 +183,9 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False, split: bool =
     key = "val/accuracy" if args.task == "sequence" else "val/f1"
     metric = float(card.split(f"| {key} | ")[1].split(" |")[0]) if f"| {key} | " in card else float("nan")
     # Lightning's Timer: the training stage's clock runs through the epoch-end validation; take it out
-    train = timer["time_elapsed"]["train"] - timer["time_elapsed"].get("validate", 0.0)
-    return {"train_s": train, "other_s": total - train, "metric": metric}
+    evaluated = timer["time_elapsed"].get("validate", float("nan"))  # the epoch-end validation on the dev split
+    train = timer["time_elapsed"]["train"] - evaluated
+    return {"train_s": train, "other_s": total - train, "metric": metric, "eval_s": evaluated}
 
 
 def run_trainer(args, rows: int, out: Path) -> dict:
@@ -188,7 +199,8 @@ def run_trainer(args, rows: int, out: Path) -> dict:
     if result.returncode != 0:
         sys.exit(f"Trainer failed:\n{result.stderr[-3000:]}")
     values = json.loads(result.stdout.strip().splitlines()[-1])
-    return {"train_s": values["train_s"], "other_s": total - values["train_s"], "metric": values["metric"]}
+    return {"train_s": values["train_s"], "other_s": total - values["train_s"], "metric": values["metric"],
+            "eval_s": values["eval_s"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
+    parser.add_argument("--seed", type=int, default=42, help="both tools' seed: data order, dropout")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--grouped", action="store_true", help="length-grouped batches in both")
     parser.add_argument("--defaults", action="store_true",
@@ -246,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                 statistics.median(r["other_s"] for rs in by_rows.values() for r in rs), 1
             ),
             f"dev_metric_{large}_rows": [round(r["metric"], 4) for r in by_rows[large]],
+            "dev_eval_s_median": round(statistics.median(r["eval_s"] for rs in by_rows.values() for r in rs), 2),
         }
     speeds = {tool: round(summary["trainer"]["ms_per_row_median"] / v["ms_per_row_median"], 2)
               for tool, v in summary.items() if tool != "trainer"}  # fmt: skip
@@ -268,11 +282,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.task}, {described}, {Path(args.model).name}, batch {args.batch_size}, rows {small} -> {large}, "
         f"{args.reps} reps, {cpu_name()}",
         "",
-        "| tool | ms per row (each rep) | median | speed vs Trainer | training clock at 0 rows (s) | start-up + load + eval (s) | dev metric |",
-        "|---|---|---|---|---|---|---|",
+        "| tool | ms per row (each rep) | median | speed vs Trainer | training clock at 0 rows (s) | start-up + load + eval (s) | dev eval (s) | dev metric |",
+        "|---|---|---|---|---|---|---|---|",
         *[
             f"| {tool} | {v['ms_per_row']} | {v['ms_per_row_median']} | {speeds.get(tool, 1.0):.2f}x | "
-            f"{v['fixed_train_s_median']} | {v['other_s_median']} | {v[f'dev_metric_{large}_rows']} |"
+            f"{v['fixed_train_s_median']} | {v['other_s_median']} | {v['dev_eval_s_median']} | {v[f'dev_metric_{large}_rows']} |"
             for tool, v in summary.items()
         ],
         "",

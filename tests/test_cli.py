@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, run_cli, tiny_args
+from datamodules.demo import demo_split
 
 
 def csv_logger_config(tmp: Path) -> str:
@@ -75,6 +76,9 @@ def test_fit_resume_test_predict(tmp_path, task, metric):
     assert predict.returncode == 0, predict.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 64  # max_eval_samples of the test split
+    # in file order, though the batches ran longest first
+    key = "text" if task == "sequence" else "tokens"
+    assert [row[key] for row in rows] == [row[key] for row in demo_split(task, "test")[:64]]
     if task == "sequence":
         assert {row["label"] for row in rows} <= {"negative", "positive"}
         assert all(row["text"] and 0.5 <= row["score"] <= 1.0 for row in rows)
