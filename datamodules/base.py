@@ -410,14 +410,20 @@ class ClassificationDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The validation loader, or one per validation split (the first is what ``val/`` scores)."""
         splits = [None, *self.extra_validation_splits.values()]
-        loaders = [self.loader("validate", split=split, longest_first=True) for split in splits]
+        loaders = [self.loader("validate", split=split, longest_first=self._whole("val")) for split in splits]
         return loaders if self.extra_validation_splits else loaders[0]
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test", longest_first=True)
+        return self.loader("test", longest_first=self._whole("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        return self.loader("predict", longest_first=True)
+        return self.loader("predict", longest_first=self._whole("predict"))
+
+    def _whole(self, stage: str) -> bool:
+        """Does the trainer run all of the split? Then longest first; a part (``limit_val_batches``
+        0.1 or 20) stays the file's first rows, not its longest."""
+        limit = getattr(getattr(self, "trainer", None), f"limit_{stage}_batches", 1.0)
+        return isinstance(limit, float) and limit == 1.0
 
 
 def _tokenizer_digest(tokenizer) -> str:

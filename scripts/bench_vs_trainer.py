@@ -138,7 +138,7 @@ def trainer_child(a: dict) -> None:
     args = TrainingArguments(output_dir=a["out"], per_device_train_batch_size=a["batch_size"], learning_rate=a["lr"],
         weight_decay=0.01, adam_epsilon=1e-8, num_train_epochs=1, lr_scheduler_type="linear",
         bf16=a["precision"] == "bf16-mixed", use_cpu=not torch.cuda.is_available(), save_strategy="no", eval_strategy="no",
-        report_to=[], logging_steps=50, seed=a.get("seed", 42), disable_tqdm=True, dataloader_num_workers=0, **version)  # fmt: skip
+        report_to=[], logging_steps=50, seed=a["seed"], disable_tqdm=True, dataloader_num_workers=0, **version)  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
     out = trainer.train()
     metric, eval_s = evaluate(trainer)

@@ -197,6 +197,9 @@ def test_evaluation_runs_longest_first_and_scores_as_in_file_order(tmp_path, tas
     # order, 1.02-1.03x longest first
     assert sum(b["input_ids"].numel() for b in by_length) < 1.05 * real
     assert sum(b["input_ids"].numel() for b in in_file_order) > 1.3 * real
+    dm.trainer = trainer(limit_val_batches=3)  # a part of the split: its first rows, not its longest
+    assert torch.cat([b["idx"] for b in dm.val_dataloader()]).tolist() == list(range(400))
+    dm.trainer = None
 
     torch.manual_seed(0)
     module = FineTuneModule(model_config=TINY, task=task, label_names=dm.label_names)
