@@ -6,6 +6,7 @@ scores of both (they must agree: order changes no prediction).
     python scripts/bench_eval_order.py --data configs/conll2003/finetune.yaml \\
         --set "data_files={train: conll2003/train.txt, validation: conll2003/valid.txt}" --set tag_column=3 \\
         --set tokenizer=MINILM_DIR --model MINILM_DIR
+    python scripts/bench_eval_order.py --classify texts.txt --model MODEL_FOLDER --threads 1  # shrink-classify
 """
 
 from __future__ import annotations
@@ -33,9 +34,32 @@ def validate(module: FineTuneModule, loader, precision: str) -> tuple[float, dic
     return time.perf_counter() - started, scores
 
 
+def classify_seconds(model: str, texts: str, threads: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds of ``shrink-classify MODEL --file TEXTS`` with its windows longest first, and with them
+    in the input's order (as before), rounds interleaved; the output goes to /dev/null."""
+    import contextlib
+    import os
+
+    from lightning_modules import classify
+
+    sorted_windows = classify.windows_longest_first
+    kinds = {"input order": lambda t, p, b: [sorted(w) for w in sorted_windows(t, p, b)], "longest first": sorted_windows}
+    seconds = {kind: [] for kind in kinds}
+    for _ in range(rounds):
+        for kind, windows in kinds.items():
+            classify.windows_longest_first = windows
+            started = time.perf_counter()
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                classify.main([model, "--file", texts, "--threads", str(threads)])
+            seconds[kind].append(round(time.perf_counter() - started, 3))
+    classify.windows_longest_first = sorted_windows
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="a run config whose data: section to read")
+    parser.add_argument("--classify", metavar="TEXTS", help="instead: time shrink-classify --model on this file")
+    parser.add_argument("--data", help="a run config whose data: section to read")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="data init arg")
     parser.add_argument("--model", required=True, help="the model to evaluate (a folder or hub name)")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
@@ -43,6 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="results/bench_eval_order")
     args = parser.parse_args(argv)
+    if args.classify:
+        seconds = classify_seconds(args.model, args.classify, args.threads, args.rounds)
+        median = {kind: statistics.median(s) for kind, s in seconds.items()}
+        print(f"shrink-classify {Path(args.model).name} --file {Path(args.classify).name}, {args.threads} threads, "
+              f"{cpu_name()}: {seconds}; longest first {median['input order'] / median['longest first']:.2f}x")  # fmt: skip
+        return
+    if not args.data:
+        parser.error("--data is required (or --classify TEXTS)")
     torch.set_num_threads(args.threads)
     data = datamodule_from_config(args.data, parse_overrides(args.set))
     data.setup("validate")

@@ -190,6 +190,22 @@ def test_onnx_folder_and_shrink_classify_on_raw_text(fitted, tmp_path, capsys):
         assert outputs["last.ckpt"][0]["label"] == outputs["model"][0]["label"]  # best == last here
     else:
         assert all(text[e["start"] : e["end"]] == e["word"] for e in row["entities"])
+    # many texts: batches run longest first within a window, the lines come in the input's order,
+    # each as the text classified alone
+    texts = ["fine", text, "the second text", f"{text} and {text} again", "x y", text.upper()] * 3
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join(texts) + "\n")
+    classify_main([str(tmp / "run" / "model"), "--file", str(many), "--batch-size", "2"])
+    batched = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in batched] == texts
+    classify_main([str(tmp / "run" / "model"), "--file", str(many), "--batch-size", "1"])
+    for together, alone in zip(batched, (json.loads(line) for line in capsys.readouterr().out.splitlines()), strict=True):
+        if task == "sequence":
+            assert together["label"] == alone["label"] and together["score"] == pytest.approx(alone["score"], abs=1e-5)
+        else:
+            assert [(e["type"], e["start"], e["end"]) for e in together["entities"]] == [
+                (e["type"], e["start"], e["end"]) for e in alone["entities"]
+            ]
     for bad, message in ((["x", ""], "input 2 is empty"), ([], "no input")):
         with pytest.raises(SystemExit) as exit_info:
             classify_main([str(out), *bad]) if bad else classify_main([str(out), "--file", "/dev/null"])
