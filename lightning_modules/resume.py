@@ -187,8 +187,15 @@ class ResumeCheckpoint(Checkpoint):
             iter(loop._data_fetcher)
             _set_rng_states(rng)
         else:
-            # at an epoch end: the next epoch's order is drawn from the RNG when its iterator starts,
-            # so restore the RNG first, then start the iterator, as the uninterrupted run did
+            # at an epoch end. The next epoch's order comes from the sampler's own generator, which
+            # the finished epochs moved on; Lightning restores the loader only mid-epoch, so a fresh
+            # sampler would repeat an earlier epoch's order. Replay the saved (finished) position to
+            # move the generator on, then restore the RNG and start the next epoch's iterator from it
+            # (each DataLoader iterator also draws a seed from the RNG), as the uninterrupted run did
+            if loop._combined_loader_states_to_load and loop._combined_loader is not None:
+                loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
+                loop._combined_loader_states_to_load = []
+                iter(loop._data_fetcher)
             _set_rng_states(rng)
             iter(loop._data_fetcher)
 

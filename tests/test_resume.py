@@ -1,7 +1,8 @@
 """Preemptible training: SIGKILL at a random step then ``--ckpt_path last`` ends with the same weights
 as an uninterrupted run (mid-epoch included); SIGTERM / SIGUSR1 write a checkpoint and exit for
 requeue; a kill during a checkpoint write leaves the previous one loadable; the W&B run continues;
-bad resumes get one line. Every run is a real CLI subprocess."""
+bad resumes get one line. Every run is a real CLI subprocess, except a crash right after an epoch end
+(in process: an error raised at a chosen step)."""
 
 import random
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
 from tests.conftest import ENV, ROOT, run_cli, run_cli_process
@@ -276,6 +278,38 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
     truncated.write_bytes(path.read_bytes()[:200])
     with pytest.raises(Exception, match="corrupt or truncated"):
         check_checkpoint(str(truncated))
+
+
+class CrashAt(Callback):
+    """Stops a run with an error at the end of step ``step``, before that step's checkpoint: a
+    process lost without the chance to write one (a node failure)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"crashed at step {self.step}")
+
+
+@pytest.mark.parametrize("grouped", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_crash_after_an_epoch_end_resumes_from_it_exactly(grouped, tmp_path):
+    """The last checkpoint is the epoch-end one: the next epoch's order (drawn by the sampler's own
+    generator, which the finished epoch moved on) and RNG must be the uninterrupted run's. In
+    process: the epoch end is the one place the subprocess kills above cannot aim at. Random
+    batches (the recipes'), and length-grouped ones (their own sampler) in the slow tier."""
+    # 3 epochs: a fresh sampler's second order is the second epoch's, so only a resume into the
+    # third epoch or later shows whether the generator was restored
+    epochs = ("--trainer.max_epochs", "3", "--data.init_args.group_by_length", str(grouped).lower())
+    whole = run_cli("fit", *args("finetune", tmp_path, "whole", *epochs), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    crash = [*epochs, "--trainer.callbacks+=tests.test_resume.CrashAt", "--trainer.callbacks.step", "21"]
+    crashed = run_cli("fit", *args("finetune", tmp_path, "crashed", *crash), cwd=tmp_path)
+    assert crashed.returncode != 0 and "crashed at step 21" in crashed.stderr
+    assert step_of(tmp_path / "crashed" / "checkpoints" / "last.ckpt") == 20  # the end of epoch 2 of 3
+    resumed = run_cli("fit", *args("finetune", tmp_path, "crashed", *epochs), "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "crashed"), steps=30)
 
 
 def test_bad_resumes_get_one_line(tmp_path):
