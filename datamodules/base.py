@@ -18,7 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules import demo
 from datamodules.errors import InputError
-from datamodules.sampler import LengthGroupedSampler, LongestFirstSampler
+from datamodules.sampler import LengthGroupedSampler, LongestFirstSampler, ShuffleSampler
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # bump when the encoding changes, so old caches are not reused
@@ -385,16 +385,16 @@ class ClassificationDataModule(L.LightningDataModule):
             # a StatefulDataLoader: Lightning saves its position in checkpoints, so a run resumed
             # mid-epoch sees exactly the batches it had not seen. It runs in the main process (the
             # data is tokenized already; padding a batch is cheap), which keeps that position exact.
+            # The sampler cuts its order over the DDP ranks itself, so Lightning leaves it unwrapped
+            # and its state (the epoch's generator state, the position) is what the loader saves.
+            trainer = getattr(self, "trainer", None)
+            ranks = {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer else {}
             sampler = None
-            if self.group_by_length:
-                sampler = LengthGroupedSampler([len(ids) for ids in data["input_ids"]], self.batch_size)
-            return StatefulDataLoader(
-                data,
-                batch_size=self.batch_size,
-                sampler=sampler,
-                shuffle=shuffle and sampler is None,
-                collate_fn=self.collate,
-            )
+            if shuffle and self.group_by_length:
+                sampler = LengthGroupedSampler([len(ids) for ids in data["input_ids"]], self.batch_size, **ranks)
+            elif shuffle:
+                sampler = ShuffleSampler(len(data), **ranks)
+            return StatefulDataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate)
         return DataLoader(
             data,
             batch_size=self.eval_batch_size,

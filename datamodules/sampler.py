@@ -1,19 +1,25 @@
-"""Orders of examples that put similar lengths in one batch, so fewer padded tokens are computed.
+"""The orders in which examples are read.
 
-``LengthGroupedSampler``: random training batches of similar length (transformers'
-``group_by_length``, its own index function). On SST-2 with batch 32 it cuts the padded tokens of an
-epoch 2.5x. What transformers' sampler lacks, and this one adds, is resumability: stateful like
+Training (``ShuffleSampler``, ``LengthGroupedSampler``): a new random order every epoch, drawn from
+the sampler's own generator, and cut over the DDP ranks by the sampler itself. Both are stateful as
 torchdata's ``RandomSampler``: a ``StatefulDataLoader`` saves the generator state of the epoch and
-how many indices were yielded, so a run resumed mid-epoch sees the same batches.
+how many indices were yielded, so a run resumed mid-epoch sees the same batches. They are
+``DistributedSampler``s so that Lightning does not wrap them in its ``DistributedSamplerWrapper``,
+which re-draws the inner sampler's order at each epoch and keeps no state: a DDP run resumed
+mid-epoch got another epoch's order.
 
-``LongestFirstSampler``: evaluation in order of length, which no score depends on."""
+``LengthGroupedSampler`` is transformers' ``group_by_length`` (its own index function): batches of
+similar length, on SST-2 with batch 32 2.5x fewer padded tokens per epoch.
+
+Evaluation (``LongestFirstSampler``): in order of length, which no score depends on."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[int]:
@@ -27,36 +33,66 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, generator: tor
     return get_length_grouped_indices(list(lengths), batch_size, mega_batch_mult=50, generator=generator)
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Yields dataset indices in :func:`length_grouped_order`; a new order every epoch."""
+class ShuffleSampler(DistributedSampler):
+    """A random permutation every epoch. With several ranks each takes every ``num_replicas``-th
+    index of the same order, padded to a multiple by repeating its start (as ``DistributedSampler``)."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None):
-        self.lengths, self.batch_size = list(lengths), batch_size
-        if generator is None:  # seeded from the global RNG, so seed_everything fixes the order
-            generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
+    def __init__(self, size: int, generator: torch.Generator | None = None, num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
+        if generator is None:
+            # the ranks must draw one order: from seed_everything's seed, which every DDP process
+            # gets; in one process from the global RNG, which seed_everything fixes too
+            seed = os.environ.get("PL_GLOBAL_SEED") if num_replicas > 1 else None
+            if seed is None:
+                seed = int(torch.empty((), dtype=torch.int64).random_())
+            generator = torch.Generator().manual_seed(int(seed))
         self.generator = generator
 
+    def epoch_order(self) -> list[int]:
+        """All indices, in this epoch's order (moves the generator on)."""
+        return torch.randperm(len(self.dataset), generator=self.generator).tolist()
+
     def __len__(self) -> int:
-        return len(self.lengths)
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        return _LengthGroupedIterator(self)
+        return _EpochIterator(self)
 
 
-class _LengthGroupedIterator(Iterator[int]):
-    """One epoch of a :class:`LengthGroupedSampler`; ``state_dict`` / ``load_state_dict`` follow
-    torchdata's ``Stateful`` protocol (the generator state before the epoch's order, and the position)."""
+class LengthGroupedSampler(ShuffleSampler):
+    """Yields dataset indices in :func:`length_grouped_order`; a new order every epoch."""
 
-    def __init__(self, sampler: LengthGroupedSampler):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        super().__init__(len(lengths), generator, num_replicas, rank)
+        self.lengths, self.batch_size = list(lengths), batch_size
+
+    def epoch_order(self) -> list[int]:
+        return length_grouped_order(self.lengths, self.batch_size, self.generator)
+
+
+class _EpochIterator(Iterator[int]):
+    """One epoch of a :class:`ShuffleSampler`, this rank's share; ``state_dict`` / ``load_state_dict``
+    follow torchdata's ``Stateful`` protocol (the generator state before the epoch's order, and the
+    position)."""
+
+    def __init__(self, sampler: ShuffleSampler):
         self.sampler = sampler
         self._start(sampler.generator.get_state(), 0)
 
     def _start(self, generator_state: torch.Tensor, yielded: int) -> None:
+        sampler = self.sampler
         self.generator_state = generator_state
-        self.sampler.generator.set_state(generator_state)
-        self.order = length_grouped_order(
-            self.sampler.lengths, self.sampler.batch_size, self.sampler.generator
-        )
+        sampler.generator.set_state(generator_state)
+        order = sampler.epoch_order()
+        order += order[: sampler.total_size - len(order)]
+        self.order = order[sampler.rank : sampler.total_size : sampler.num_replicas]
         self.yielded = yielded
 
     def __iter__(self) -> Iterator[int]:

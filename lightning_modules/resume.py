@@ -162,18 +162,28 @@ class ResumeCheckpoint(Checkpoint):
 
     def state_dict(self) -> dict[str, Any]:
         trainer = getattr(self, "_trainer", None)
-        return {"rng": _rng_states(), "wandb_run_id": wandb_run_id(trainer) if trainer else None}
+        rng = _rng_states()
+        # DDP ranks draw different dropout masks: keep each rank's RNG (every rank saves together;
+        # rank 0 writes the file)
+        per_rank = [rng]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            per_rank = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, rng)
+        return {"rng": rng, "rng_per_rank": per_rank, "wandb_run_id": wandb_run_id(trainer) if trainer else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng_to_restore = state_dict.get("rng")
+        self._rng_per_rank = state_dict.get("rng_per_rank")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Put the data position and the RNG back, in the order the uninterrupted run used them.
         Uses Lightning's private loop attributes (``_data_fetcher``, ``_combined_loader``,
         ``_combined_loader_states_to_load``): checked on lightning 2.6 and torchdata 0.11, the
         versions pyproject.toml allows."""
-        loop, rng = trainer.fit_loop, self._rng_to_restore
-        self._rng_to_restore = None
+        loop, rng, per_rank = trainer.fit_loop, self._rng_to_restore, getattr(self, "_rng_per_rank", None)
+        if per_rank and len(per_rank) == trainer.world_size:
+            rng = per_rank[trainer.global_rank]
+        self._rng_to_restore = self._rng_per_rank = None
         progress = loop.epoch_loop.batch_progress  # as restored, before the loop resets it
         if rng is None or loop._data_fetcher is None:
             return

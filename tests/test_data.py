@@ -180,6 +180,36 @@ def test_length_grouped_loader_resumes_mid_epoch_with_the_same_batches():
     assert [b.tolist() for b in resumed] == epochs[2]  # and the next epoch's order matches too
 
 
+def test_length_grouped_sampler_shards_one_order_over_ranks_and_each_rank_resumes():
+    rng = random.Random(1)
+    lengths = [min(3 + int(rng.expovariate(1 / 12)), 128) for _ in range(1001)]
+
+    def loader(rank: int) -> StatefulDataLoader:  # what each DDP rank builds (Lightning does not wrap it)
+        sampler = LengthGroupedSampler(lengths, 8, torch.Generator().manual_seed(3), num_replicas=2, rank=rank)
+        assert isinstance(sampler, torch.utils.data.DistributedSampler) and len(sampler) == 501
+        return StatefulDataLoader(list(range(1001)), batch_size=8, sampler=sampler)
+
+    for epoch in range(2):  # both ranks cut the same epoch's order: together every row, once (+1 pad)
+        ranks = [loader(0), loader(1)]
+        for dl in ranks:
+            for _ in range(epoch):
+                list(dl)
+        shards = [[i for b in dl for i in b.tolist()] for dl in ranks]
+        assert set(shards[0] + shards[1]) == set(range(1001)) and len(shards[0] + shards[1]) == 1002
+        assert shards[0] != shards[1] and max(lengths[i] for i in shards[0][:8]) == max(lengths)
+        assert padded_tokens(shards[0], lengths, 8) < 1.2 * padded_tokens(sorted(shards[0], key=lengths.__getitem__), lengths, 8)
+    # a rank stopped mid-way through its second epoch resumes with the batches it had not seen
+    whole = loader(1)
+    epochs = [[b.tolist() for b in whole] for _ in range(2)]
+    stopped = loader(1)
+    list(stopped)
+    batches = iter(stopped)
+    seen = [next(batches).tolist() for _ in range(20)]
+    resumed = loader(1)
+    resumed.load_state_dict(stopped.state_dict())
+    assert seen + [b.tolist() for b in resumed] == epochs[1]
+
+
 @pytest.mark.parametrize("task", ["sequence", "token"])
 def test_evaluation_runs_longest_first_and_scores_as_in_file_order(tmp_path, task):
     from lightning_modules import FineTuneModule

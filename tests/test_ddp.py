@@ -1,13 +1,16 @@
-"""Distillation (compiled student, teacher cache, GLUE metrics on two splits) and pruning under DDP:
-2 CPU processes (gloo), launched as a subprocess with a timeout, never inside the pytest process."""
+"""Distillation (compiled student, teacher cache, GLUE metrics on two splits), pruning and exact
+resume under DDP: 2 CPU processes (gloo), launched as a subprocess with a timeout, never inside the
+pytest process."""
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli, run_cli_process
+from tests.conftest import ENV, ROOT, run_cli, run_cli_process
 
 
 @pytest.mark.slow
@@ -106,3 +109,31 @@ def test_prune_ddp_two_processes_makes_the_same_decisions_on_both_ranks(tmp_path
     last = torch.load(tmp_path / "pruned" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 6 and int(last["state_dict"]["events_done"]) == 8  # 128 rows / (2 x 32) x 3
     assert (tmp_path / "pruned" / "model" / "pruned_encoder.py").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grouped", [True, False])
+def test_ddp_run_crashed_mid_epoch_resumes_exactly(grouped, tmp_path):
+    """2 ranks, 3 epochs of 5 steps, last.ckpt every 3 steps; both ranks fail at step 13 (the third
+    epoch), the run resumes from step 12 and ends with the uninterrupted run's weights. Grouped:
+    the length-grouped sampler shards itself (Lightning's wrapper would re-draw another epoch's
+    order); random: Lightning's DistributedSampler."""
+    from tests.test_resume import args, assert_same_training, final_state, step_of
+
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+           "--trainer.max_epochs", "3", "--data.init_args.group_by_length", str(grouped).lower()]  # fmt: skip
+    env = dict(ENV, PYTHONPATH=str(ROOT))  # the crash callback lives in tests/
+
+    def fit(run: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "fit",
+                               *args("finetune", tmp_path, run, *ddp), *extra],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    whole = fit("whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    crashed = fit("crashed", "--trainer.callbacks+=tests.test_resume.CrashAt", "--trainer.callbacks.step", "13")
+    assert crashed.returncode != 0 and "crashed at step 13" in crashed.stderr
+    assert step_of(tmp_path / "crashed" / "checkpoints" / "last.ckpt") == 12
+    resumed = fit("crashed", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "crashed"), steps=15)
