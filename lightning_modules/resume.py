@@ -187,26 +187,23 @@ class ResumeCheckpoint(Checkpoint):
         progress = loop.epoch_loop.batch_progress  # as restored, before the loop resets it
         if rng is None or loop._data_fetcher is None:
             return
-        if progress.current.processed > 0 and not progress.is_last_batch:
-            # mid-epoch. configure_optimizers asks for trainer.estimated_stepping_batches, which builds
-            # the training DataLoader before Lightning restores the checkpoint, so the saved position is
-            # never applied (the epoch would start over): apply it now and restart the iterator
-            if loop._combined_loader_states_to_load and loop._combined_loader is not None:
-                loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
-                loop._combined_loader_states_to_load = []
+        mid_epoch = progress.current.processed > 0 and not progress.is_last_batch
+        # Lightning never applies the saved loader position here: mid-epoch, configure_optimizers asks
+        # for trainer.estimated_stepping_batches, which builds the training DataLoader before the
+        # checkpoint is restored (the epoch would start over); at an epoch end it restores no loader,
+        # and a fresh sampler's own generator, which each finished epoch moved on, would repeat an
+        # earlier epoch's order. So apply the position and start an iterator from it: mid-epoch the
+        # rest of the epoch, at an epoch end the finished one, which moves the generator on.
+        saved = bool(loop._combined_loader_states_to_load) and loop._combined_loader is not None
+        if saved:
+            loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
+            loop._combined_loader_states_to_load = []
+        if saved or mid_epoch:
             iter(loop._data_fetcher)
-            _set_rng_states(rng)
-        else:
-            # at an epoch end. The next epoch's order comes from the sampler's own generator, which
-            # the finished epochs moved on; Lightning restores the loader only mid-epoch, so a fresh
-            # sampler would repeat an earlier epoch's order. Replay the saved (finished) position to
-            # move the generator on, then restore the RNG and start the next epoch's iterator from it
-            # (each DataLoader iterator also draws a seed from the RNG), as the uninterrupted run did
-            if loop._combined_loader_states_to_load and loop._combined_loader is not None:
-                loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
-                loop._combined_loader_states_to_load = []
-                iter(loop._data_fetcher)
-            _set_rng_states(rng)
+        _set_rng_states(rng)
+        if not mid_epoch:
+            # the next epoch's iterator, from the restored RNG (each DataLoader iterator draws a seed
+            # from it), as the uninterrupted run started it
             iter(loop._data_fetcher)
 
 
