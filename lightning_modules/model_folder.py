@@ -104,7 +104,7 @@ def load_trained(path: str, role: str = "--model", int8_ok: bool = True) -> Trai
     """A ``.ckpt`` of this project or a model folder it wrote (or any folder / hub name with a
     fine-tuned classification head). An int8 folder is re-quantized to its int8 model."""
     from lightning_modules.base import load_classifier, read_checkpoint
-    from lightning_modules.quantize import convert_to_int8, import_torchao, load_int8_state
+    from lightning_modules.quantize import convert_to_int8, import_torchao, load_int8_state, scheme_name
 
     import_torchao()  # int8 tensors load with weights_only=True once torchao is imported
     if str(path).endswith(".ckpt"):
@@ -141,6 +141,8 @@ def load_trained(path: str, role: str = "--model", int8_ok: bool = True) -> Trai
         exact = Path(path) / INT8_FILE
         if exact.is_file():  # the int8 tensors themselves: bit-identical scales
             load_int8_state(model, torch.load(exact, map_location="cpu", weights_only=True))
+        elif scheme_name(quantization) == "static":  # its activation scales live only in the int8 file
+            raise InputError(f"{role} {path} is a static int8 folder without its {INT8_FILE}: export it again")
         else:  # re-quantize the dequantized weights (scales may differ in the last float bit)
             convert_to_int8(model, quantization["embeddings"], quantization["head"])
     return TrainedModel(model, task, str(path), quantization or None, None)

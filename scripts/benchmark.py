@@ -8,6 +8,10 @@ Runtime on CPU.
         --model "student PTQ int8=outputs/sst2/ptq.int8.ckpt" \\
         --model "student QAT int8=outputs/sst2/qat/int8.ckpt"
 
+``--ort-peers NAME`` adds, for the fp32 model NAME, what a user gets from ONNX Runtime's own
+quantizer on its fp32 export (``lightning_modules.ort_quantizer``: dynamic int8, optimum's default
+recipe, and calibrated static QDQ int8), scored and timed in the same rounds as every other row.
+
 ONNX folders (``scripts/export.py onnx``) are timed as exported, the file whose parity was checked:
 
     python scripts/benchmark.py --data configs/demo/sequence_qat.yaml --out outputs/demo/benchmark \\
@@ -54,6 +58,7 @@ from lightning_modules.export import (  # noqa: E402
     session_providers,
 )
 from lightning_modules.model_folder import folder_task, load_trained, read_json  # noqa: E402
+from lightning_modules.ort_quantizer import ort_dynamic_int8, ort_static_int8  # noqa: E402
 from lightning_modules.quantize import import_torchao, weights_bytes  # noqa: E402
 
 SPLIT_STAGE = {"validation": "validate", "test": "test"}
@@ -178,7 +183,10 @@ def benchmark(args) -> list[dict]:
         "eval_batch_size": 32,
         **({"max_eval_samples": args.max_eval_samples} if args.max_eval_samples else {}),
     }
-    rows, data_by_tokenizer, runs, inputs = [], {}, [], []
+    rows, data_by_tokenizer, runs, inputs, peers = [], {}, [], [], []
+    unknown = set(args.ort_peers) - {name for name, _, info in models if not info["int8"] and not info["onnx"]}
+    if unknown:
+        raise InputError(f"--ort-peers {sorted(unknown)}: name fp32 PyTorch models given with --model NAME=PATH")
     session_providers(args.provider)  # before any work: a missing GPU provider is one line
     provider_tag = "" if args.provider == "cpu" else f" {args.provider}"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -219,16 +227,34 @@ def benchmark(args) -> list[dict]:
             export_onnx(model, onnx_path)
             ort_model = OnnxClassifier(onnx_path, args.threads, provider=args.provider)
             runtimes.append((f"onnxruntime{provider_tag}", ort_model, onnx_path.stat().st_size))
+        if name in args.ort_peers:  # ONNX Runtime's quantizers on this model's fp32 export, run as they are
+            folder = Path(args.out) / "onnx"
+            # from the eager-attention export: for ONNX Runtime's quantizer too the faster fp32 graph here
+            fp32_path = export_onnx(model, folder / f"{name.replace(' ', '_')}.fp32.onnx", eager_attention=True)
+            calibration = []
+            for batch in data.loader("validate", split=data.splits["fit"]):
+                calibration.append(batch)
+                if sum(len(b["input_ids"]) for b in calibration) >= args.calibration_rows:
+                    break
+            for peer, path in (
+                ("ORT dynamic int8", ort_dynamic_int8(fp32_path, folder / f"{name.replace(' ', '_')}.ort_dynamic.onnx")),
+                ("ORT static int8", ort_static_int8(fp32_path, folder / f"{name.replace(' ', '_')}.ort_static.onnx", calibration)),
+            ):  # fmt: skip
+                run = OnnxClassifier(path, args.threads, kernel="as-exported", provider=args.provider)
+                peers.append((f"{name}: {peer}", run, path.stat().st_size))
         # timed on the split's first rows (file order); scored longest first: less padding, the same scores
         timed_on = timing_inputs(list(data.loader(stage)), args)  # one model's runtimes on the same inputs
         batches = list(data.loader(stage, longest_first=True))
-        for runtime, run, size in runtimes:
-            print(f"scoring {name} ({runtime}) ...", file=sys.stderr, flush=True)
+        named = [(name, runtime, run, size, int8) for runtime, run, size in runtimes]
+        named += [(peer, f"onnxruntime{provider_tag}", run, size, True) for peer, run, size in peers]
+        peers.clear()
+        for row_name, runtime, run, size, row_int8 in named:
+            print(f"scoring {row_name} ({runtime}) ...", file=sys.stderr, flush=True)
             rows.append(
                 {
-                    "model": name,
+                    "model": row_name,
                     "runtime": runtime,
-                    "int8": int8,
+                    "int8": row_int8,
                     "int8_kernel": getattr(run, "kernel", None),  # ONNX Runtime's MatMulInteger types here
                     "params_m": round(params / 1e6, 2),
                     "size_mb": round(size / 1e6, 2),
@@ -355,6 +381,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--throughput-batches", type=int, default=5, help="timed batches of 32")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all rows")
     parser.add_argument("--max-eval-samples", type=int, default=None, help="score only the first N rows")
+    parser.add_argument("--ort-peers", action="append", default=[], metavar="NAME",
+                        help="add ONNX Runtime's dynamic and static int8 of this fp32 model (repeat)")  # fmt: skip
+    parser.add_argument("--calibration-rows", type=int, default=512, help="training rows that calibrate the static peer")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     try:

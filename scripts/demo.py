@@ -152,7 +152,7 @@ def main() -> None:
         rows.append((task, "student, QAT int8", score, time.perf_counter() - start, student_parameters))
         ptq = out / f"{task}_ptq" / "int8.ckpt"
         start = time.perf_counter()
-        script("export.py", "ptq", "--model", student, "--out", str(ptq), "--overwrite")
+        script("export.py", "ptq", "--model", student, "--out", str(ptq), "--overwrite", "--data", qat_config)
         score = int8_score(qat_config, out / f"{task}_ptq", ptq, metric, teacher)
         rows.append((task, "student, PTQ int8", score, time.perf_counter() - start, student_parameters))
         # the deployable int8 ONNX folders, checked against PyTorch on the validation split

@@ -5,8 +5,9 @@
         --data configs/sst2/qat.yaml [--push_to_hub user/sst2-int8]
     # upload a stage's model folder (or an ONNX folder) to the Hugging Face Hub
     python scripts/export.py push --folder outputs/sst2/distill/model --repo_id user/sst2-student
-    # PTQ: int8 dynamic quantization of an fp32 checkpoint, no training (same scheme as QAT)
-    python scripts/export.py ptq --model outputs/sst2/distill/checkpoints/last.ckpt --out outputs/sst2/ptq.int8.ckpt
+    # PTQ: int8 of an fp32 checkpoint, no training (the QAT schemes; static calibrates on training rows)
+    python scripts/export.py ptq --model outputs/sst2/distill/checkpoints/last.ckpt --out outputs/sst2/ptq.int8.ckpt \
+        --data configs/sst2/qat.yaml
     # vocabulary pruning: keep the word embeddings of the tokens the training split uses (fp32 in,
     # a model folder out; then QAT, or onnx --int8), checked on the validation split
     python scripts/export.py prune-vocab --model outputs/sst2/prune/model --out outputs/sst2/prune/model-vocab \\
@@ -18,7 +19,7 @@ folder loads in optimum's ``ORTModelFor{Sequence,Token}Classification`` and in `
 GPU deployment: ``--fp16`` writes a float16 graph (fp32 models) and ``--provider cuda`` or
 ``tensorrt`` runs the parity check on ONNX Runtime's GPU providers (onnxruntime-gpu in place of
 onnxruntime; TensorRT builds its own fp16 engine); ``scripts/benchmark.py --provider`` times them there.
-The int8 graphs are CPU graphs: MatMulInteger has no fast CUDA kernel.
+The int8 graphs are CPU graphs: ONNX Runtime's int8 matmuls have no fast CUDA kernel.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from lightning_modules.export import (  # noqa: E402
 )
 from lightning_modules.model_folder import (  # noqa: E402
     CARD_NAME,
+    checkpoint_tokenizer,
     load_trained,
     model_card,
     parameters_and_bytes,
@@ -72,7 +74,7 @@ from lightning_modules.model_folder import (  # noqa: E402
     write_model_folder,
 )
 from lightning_modules.qat import QATModule  # noqa: E402
-from lightning_modules.quantize import SCHEME, convert_to_int8, save_int8_checkpoint  # noqa: E402
+from lightning_modules.quantize import DEFAULT_SCHEME, SCHEMES, ptq, save_int8_checkpoint, scheme_name  # noqa: E402
 from lightning_modules.vocabulary import kept_token_ids, prune_vocabulary, pruned_tokenizer  # noqa: E402
 
 
@@ -81,8 +83,6 @@ def onnx_command(args: argparse.Namespace) -> None:
     trained = load_trained(args.model)
     model, task = trained.model, trained.task
     int8 = args.int8 or trained.quantization is not None
-    if int8 and trained.quantization is None:  # PTQ first: the parity check then compares int8 with int8
-        convert_to_int8(model)
     tokenizer = trained.tokenizer
     data = datamodule_from_config(
         args.data, {**({"tokenizer": tokenizer} if tokenizer else {}), **parse_overrides(args.set)}
@@ -90,6 +90,16 @@ def onnx_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists: pass --overwrite or another --out")
+    quantization = trained.quantization
+    if quantization is not None and args.scheme not in (None, scheme_name(quantization)):
+        raise InputError(
+            f"--model {args.model} is a {scheme_name(quantization)} int8 model, not {args.scheme}: drop --scheme, or "
+            "quantize its fp32 model with that scheme (QAT, or --int8 on the fp32 checkpoint)"
+        )
+    if int8 and quantization is None:  # PTQ first: the parity check then compares int8 with int8
+        scheme = args.scheme or DEFAULT_SCHEME
+        quantization = {"scheme": scheme, "embeddings": True, "head": False, "method": "ptq"}
+        ptq(model, data.loader("validate", split=data.splits["fit"]), args.calibration_rows, scheme=scheme)
     data.setup("validate")
     report: dict = {}
 
@@ -100,10 +110,11 @@ def onnx_command(args: argparse.Namespace) -> None:
         exported = OnnxClassifier(tmp, args.threads, "as-exported", args.provider)
         report.update(parity(reference, exported, data.loader("validate"), task))
         report.update(model=args.model, onnx=str(out), int8=int8, int8_kernel=args.int8_kernel if int8 else None,
+                      scheme=scheme_name(quantization) if int8 else None,
                       fp16=args.fp16, provider=args.provider, task=task, cpu=cpu_name(),
                       parameters=sum(p.numel() for p in model.parameters()))  # fmt: skip
         checks = [report]
-        here = OnnxClassifier(tmp, args.threads, provider=args.provider)  # VNNI / AMX CPUs: a u8u8 file runs as u8s8
+        here = OnnxClassifier(tmp, args.threads, provider=args.provider)  # as shrink runs it on this CPU
         if here.kernel != report["int8_kernel"]:
             report["as_run_here"] = {"int8_kernel": here.kernel, **parity(reference, here, data.loader("validate"), task)}
             checks.append(report["as_run_here"])
@@ -120,7 +131,7 @@ def onnx_command(args: argparse.Namespace) -> None:
         model.config.save_pretrained(tmp)  # labels and architecture: what optimum's ORTModel reads
         save_tokenizer(data.tokenizer, tmp)
         (tmp / "parity.json").write_text(json.dumps(report, indent=1))
-        card = onnx_card(model, task, report, trained.quantization, out.name, tmp / ONNX_FILE)
+        card = onnx_card(model, task, report, quantization, out.name, tmp / ONNX_FILE)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
 
     replace_folder(build, out)
@@ -132,13 +143,13 @@ def onnx_command(args: argparse.Namespace) -> None:
 def onnx_card(model, task: str, report: dict, quantization: dict | None, name: str, onnx_path: Path) -> str:
     """The ONNX folder's model card: what it computes and how closely it matches PyTorch."""
     size = onnx_path.stat().st_size
-    scheme = (quantization or {}).get("scheme", SCHEME) if report["int8"] else "fp16" if report.get("fp16") else "fp32"
+    scheme = SCHEMES[scheme_name(quantization or {})] if report["int8"] else "fp16" if report.get("fp16") else "fp32"
     facts = {
         "runtime": f"ONNX Runtime ({provider_name(report.get('provider', 'cpu'))}), opset {OPSET}",
         "numerics": scheme,
-        "int8 MatMulInteger": {
+        "int8 matmuls": {
             "u8u8": "uint8 x uint8 (exact on every CPU)",
-            "u8s8": "uint8 x int8 (VNNI/AMX CPUs only)",
+            "u8s8": "uint8 x int8 (exact on VNNI/AMX CPUs; shrink runs it as u8u8 elsewhere)",
         }.get(report.get("int8_kernel"), "none"),
         "file size": f"{size / 1e6:.2f} MB",
         "fused ops (onnxruntime.transformers)": report.get("fused_ops") or "none",
@@ -150,8 +161,8 @@ def onnx_card(model, task: str, report: dict, quantization: dict | None, name: s
         "compared predictions": report["compared"],
         "checked on": report["cpu"] + ("" if report.get("provider", "cpu") == "cpu" else f" + {report['provider']} GPU"),
     }
-    if "as_run_here" in report:  # shrink runs the u8u8 file as u8s8 on VNNI / AMX CPUs: checked too
-        parity_figures["agreement run as u8s8 (shrink, VNNI/AMX)"] = report["as_run_here"]["agreement"]
+    if "as_run_here" in report:  # shrink runs the file with the other weight type on this CPU: checked too
+        parity_figures[f"agreement run as {report['as_run_here']['int8_kernel']}"] = report["as_run_here"]["agreement"]
     lineage = list(getattr(model.config, "shrink_lineage", None) or [])
     lineage.append({"stage": "ONNX export", "model": report["model"], "int8": report["int8"]})
     auto = "ORTModelForSequenceClassification" if task == "sequence" else "ORTModelForTokenClassification"
@@ -212,10 +223,19 @@ def ptq_command(args: argparse.Namespace) -> None:
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists: pass --overwrite or another --out")
     source = checkpoint["hyper_parameters"]
+    if args.scheme == "static" and not args.data:
+        raise InputError("static PTQ calibrates on training rows: pass --data CONFIG (or --scheme per-token)")
     model = load_classifier(args.model, source["task"]).eval()
-    convert_to_int8(model, embeddings=not args.fp32_embeddings, head=args.quantize_head)
+    batches = []
+    if args.scheme == "static":
+        tokenizer = checkpoint_tokenizer(checkpoint)
+        data = datamodule_from_config(
+            args.data, {**({"tokenizer": tokenizer} if tokenizer else {}), **parse_overrides(args.set)}
+        )
+        batches = data.loader("validate", split=data.splits["fit"])
+    ptq(model, batches, args.calibration_rows, not args.fp32_embeddings, args.quantize_head, args.scheme)
     quantization = {
-        "scheme": SCHEME,
+        "scheme": args.scheme,
         "embeddings": not args.fp32_embeddings,
         "head": args.quantize_head,
         "method": "ptq",
@@ -226,13 +246,14 @@ def ptq_command(args: argparse.Namespace) -> None:
     # the model is the fp32 checkpoint itself: none of the source's teacher / student-building arguments
     skip = {"teacher", "student_model_name_or_path", "student_config", "student_layers", "model_config"}
     hparams = {k: v for k, v in source.items() if k in accepted and k not in skip}
-    hparams.update(_class_path="lightning_modules.QATModule", model_name_or_path=args.model)
+    hparams.update(_class_path="lightning_modules.QATModule", model_name_or_path=args.model, scheme=args.scheme,
+                   calibration_rows=args.calibration_rows)  # fmt: skip
     config = dict(checkpoint["hf_config"])
     for key in ("shrink_pruned", "auto_map"):  # a pruning stage's checkpoint: the smaller shapes it became
         if getattr(model.config, key, None):
             config[key] = getattr(model.config, key)
     save_int8_checkpoint(model, out, hparams, quantization, config, checkpoint.get("tokenizer_files"))
-    print(f"wrote {out} ({SCHEME}, post-training)")
+    print(f"wrote {out} ({SCHEMES[args.scheme]}, post-training)")
 
 
 def vocabulary_parity(model, data, smaller, smaller_data, keep: list[int], task: str) -> dict:
@@ -342,14 +363,18 @@ def main(argv: list[str] | None = None) -> None:
     onnx.add_argument(
         "--int8",
         action="store_true",
-        help="int8 ONNX from an fp32 checkpoint (PTQ, the scheme of the ptq command)",
+        help="int8 ONNX from an fp32 checkpoint (PTQ with --scheme, as the ptq command does)",
     )
+    onnx.add_argument("--scheme", choices=sorted(SCHEMES), default=None,
+                      help=f"int8 scheme of --int8 (default {DEFAULT_SCHEME}); an int8 model keeps its own")  # fmt: skip
+    onnx.add_argument("--calibration-rows", type=int, default=512, help="training rows that calibrate static int8")
     onnx.add_argument("--min-agreement", type=float, default=0.995, help="fail below this label agreement")
     onnx.add_argument(
         "--int8-kernel",
         choices=INT8_KERNELS,
-        default="u8u8",
-        help="MatMulInteger operand types: u8u8 is exact on every CPU (default); u8s8 only on VNNI/AMX CPUs",
+        default="u8s8",
+        help="int8 matmul operand types: u8s8 (default; exact on VNNI/AMX CPUs, where it is 2-3x faster, and "
+        "shrink runs it as u8u8 elsewhere) or u8u8 (exact in plain ONNX Runtime on every CPU)",
     )
     onnx.add_argument(
         "--push_to_hub", metavar="REPO_ID", help="also upload the folder to this Hub repository"
@@ -362,9 +387,14 @@ def main(argv: list[str] | None = None) -> None:
                       help="ONNX Runtime provider the parity check runs on (cuda / tensorrt: onnxruntime-gpu)")  # fmt: skip
     onnx.add_argument("--threads", type=int, default=1)
     onnx.add_argument("--overwrite", action="store_true")
-    ptq = commands.add_parser("ptq", help="int8 dynamic quantization of an fp32 checkpoint (no training)")
+    ptq = commands.add_parser("ptq", help="int8 quantization of an fp32 checkpoint (no training)")
     ptq.add_argument("--model", required=True, help="an fp32 .ckpt of this project")
     ptq.add_argument("--out", required=True, help="the int8 .ckpt to write")
+    ptq.add_argument("--scheme", choices=sorted(SCHEMES), default=DEFAULT_SCHEME,
+                     help="static (calibrated activation scales: needs --data) or per-token")  # fmt: skip
+    ptq.add_argument("--data", help="run config whose data: section gives the training rows that calibrate static")
+    ptq.add_argument("--set", action="append", default=[], help="data init arg override KEY=VALUE")
+    ptq.add_argument("--calibration-rows", type=int, default=512, help="training rows that calibrate static int8")
     ptq.add_argument("--fp32-embeddings", action="store_true", help="keep word embeddings in fp32")
     ptq.add_argument("--quantize-head", action="store_true", help="also int8 the classifier head")
     ptq.add_argument("--overwrite", action="store_true")

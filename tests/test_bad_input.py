@@ -47,10 +47,10 @@ def runs(tmp_path_factory) -> Path:
     (tmp / "not_yaml.yaml").write_text("trainer: [unclosed\n  max_epochs: : 3\n")
     from datamodules.demo import demo_tokenizer
     from lightning_modules.model_folder import load_trained, write_model_folder
-    from lightning_modules.quantize import SCHEME, convert_to_int8
+    from lightning_modules.quantize import convert_to_int8
 
     int8 = convert_to_int8(load_trained(str(tmp / "sequence_finetune" / "model")).model)
-    quantization = {"scheme": SCHEME, "embeddings": True, "head": False}
+    quantization = {"scheme": "per-token", "embeddings": True, "head": False}
     write_model_folder(int8, demo_tokenizer(tmp / "cache"), tmp / "int8_model", "card", quantization)
     pickled = torch.load(tmp / "sequence_finetune" / "checkpoints" / "last.ckpt", weights_only=False)
     pickled["hyper_parameters"]["evil"] = Path("/etc")  # an arbitrary Python object

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli, tiny_args
 from datamodules.demo import demo_split
+from tests.conftest import ROOT, run_cli, tiny_args
 
 
 def csv_logger_config(tmp: Path) -> str:

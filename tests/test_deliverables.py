@@ -148,8 +148,9 @@ def test_a_moved_checkpoint_exports_benchmarks_and_teaches_without_its_tokenizer
         ptq = tmp / "distill" / "ptq.int8.ckpt"
         student = tmp / "distill" / "checkpoints" / "last.ckpt"
         result = run_script(
-            "export.py", "ptq", "--model", str(student), "--out", str(ptq), "--overwrite", cwd=tmp
-        )
+            "export.py", "ptq", "--model", str(student), "--out", str(ptq), "--overwrite", "--data", config,
+            "--set", f"cache_dir={tmp / 'cache'}", "--set", "max_train_samples=64", cwd=tmp,
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
         result = run_cli(
             "test", "--config", config, "--config", csv_only(tmp), "--ckpt_path", str(ptq),
@@ -169,11 +170,12 @@ def test_onnx_folder_and_shrink_classify_on_raw_text(fitted, tmp_path, capsys):
     export.main(["onnx", "--model", str(tmp / "run" / "model"), "--out", str(out), "--data", config, "--int8",
                  "--set", f"cache_dir={tmp / 'cache'}", "--set", "max_eval_samples=64"])  # fmt: skip
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["int8"] and parity["agreement"] >= 0.995 and parity["int8_kernel"] == "u8u8"
-    if has_int8_dot():  # shrink runs it as u8s8 here: the same integer sums, so the same agreement
-        assert parity["as_run_here"]["agreement"] == parity["agreement"]
-    else:
+    assert parity["int8"] and parity["agreement"] >= 0.995 and parity["int8_kernel"] == "u8s8"
+    assert parity["scheme"] == "static"
+    if has_int8_dot():  # the file as exported is what shrink runs here
         assert "as_run_here" not in parity
+    else:  # shrink runs it as u8u8 here: the same integer sums, so the same agreement
+        assert parity["as_run_here"]["agreement"] == parity["agreement"]
     card = (out / "README.md").read_text()
     assert "agreement with PyTorch" in card and "ORTModelFor" in card
     capsys.readouterr()

@@ -191,7 +191,9 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     card = (run / "model" / "README.md").read_text()
     assert "trust_remote_code=True" in card and "target_sparsity" in card
     best_path = next((run / "checkpoints").glob("epoch*.ckpt"))
-    ptq = run_script("export.py", "ptq", "--model", str(best_path), "--out", str(tmp_path / "ptq.int8.ckpt"), cwd=tmp_path)
+    ptq = run_script("export.py", "ptq", "--model", str(best_path), "--out", str(tmp_path / "ptq.int8.ckpt"),
+                     "--data", str(ROOT / "configs" / "demo" / f"{task}_qat.yaml"), "--set", f"cache_dir={cache}",
+                     "--set", "max_train_samples=64", cwd=tmp_path)  # fmt: skip
     assert ptq.returncode == 0, ptq.stderr[-2000:]
     assert encoder_parameters(load_classifier(str(tmp_path / "ptq.int8.ckpt"), task, int8_ok=True)) < encoder_parameters(before)
     best = torch.load(best_path, map_location="cpu", weights_only=True)
