@@ -3,6 +3,7 @@ weights, converted vs fake-quantized logits, int8 checkpoints, ONNX fp32 / int8 
 stage through the CLI, the export and benchmark scripts, and their bad input."""
 
 import json
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -26,9 +27,8 @@ from lightning_modules.export import (
     model_inputs,
     parity,
     pytorch_logits,
-    set_weight_kernel,
-    weight_kernel,
 )
+from lightning_modules.int8_onnx import set_weight_kernel, weight_kernel
 from lightning_modules.quantize import (
     SCHEMES,
     calibrate,
@@ -478,7 +478,7 @@ def qat_args(student: Path, tmp: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
+def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     result = run_cli("fit", *qat_args(student, tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
@@ -526,9 +526,13 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path):
     )
     assert (onnx / "model.onnx").stat().st_mtime_ns == before
     # an int8 model exported as a scheme it was not trained for: one line, nothing written
-    result = run_script("export.py", "onnx", "--model", str(int8_path), "--out", str(tmp_path / "other"), *data,
-                        "--scheme", "per-token", cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 2 and "is a static int8 model, not per-token" in result.stderr.strip().splitlines()[-1]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import export  # in-process: the check comes before any work
+
+    with pytest.raises(SystemExit) as stop:
+        export.main(["onnx", "--model", str(int8_path), "--out", str(tmp_path / "other"), *data, "--scheme", "per-token"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and "is a static int8 model, not per-token" in error[-1]
     assert not (tmp_path / "other").exists()
     not_ours = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}}, not_ours)
