@@ -1,3 +1,4 @@
+from lightning_modules import quiet  # noqa: F401  (first: before anything imports torchao)
 from lightning_modules.base import ClassificationModule, build_classifier
 from lightning_modules.callbacks import PredictionWriter, ThroughputLogger
 from lightning_modules.distill import DistillationModule
