@@ -21,7 +21,7 @@ from lightning_modules.quantize import dequantized, is_quantized
 
 OPSET = 17
 ONNX_FILE = "model.onnx"  # the file name optimum's ORTModel classes look for in a folder
-INT8_KERNELS = ("u8s8", "u8u8")  # int8 matmul operand types; the file's default first (see above)
+INT8_KERNELS = ("u8s8", "u8u8")  # int8 matmul operand types, the file's default first (lightning_modules.int8_onnx)
 # ONNX Runtime execution providers by name, each with its fallbacks (nodes a provider lacks run on the
 # next); TensorRT builds an fp16 engine (and caches nothing: the first batch of each shape is slow)
 PROVIDERS = {

@@ -151,9 +151,10 @@ def _int8_parts(weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def int8_graph(graph: Any, model: torch.nn.Module, int8_kernel: str = "u8s8") -> None:
     """Rewrite (in place) the fp32 ONNX graph of ``model``'s dequantized copy: each Linear whose
-    weight is int8 in ``model`` becomes per-token activation quantization + ``MatMulInteger``
-    (uint8 x uint8 weights shifted by 128, or uint8 x int8 with ``int8_kernel="u8s8"``);
-    each int8 embedding table becomes a Gather of int8 rows times their scales."""
+    weight is int8 in ``model`` becomes its scheme's int8 ops (static: ``QuantizeLinear`` +
+    ``MatMulIntegerToFloat`` with the bias folded in; per-token: run-time ranges + ``MatMulInteger``),
+    with int8 weights (``u8s8``) or weights shifted by 128 into uint8 (``u8u8``); each int8
+    embedding table becomes a Gather of int8 rows times their scales."""
     from onnx import TensorProto, helper, numpy_helper
 
     new_nodes: list[Any] = []

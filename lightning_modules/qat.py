@@ -94,9 +94,10 @@ class QATModule(DistillationModule):
     def to_int8(self, quantization: dict[str, Any] | None = None) -> None:
         """Convert the fake-quantized model to real int8 weights, in place; with ``quantization`` (an
         int8 checkpoint's record) only the structure its weights and scales are then loaded into."""
-        scheme = scheme_name(quantization or self.quantization)
         record = quantization or self.quantization
-        convert_to_int8(self.model, record["embeddings"], record["head"], scheme, structure_only=quantization is not None)
+        convert_to_int8(
+            self.model, record["embeddings"], record["head"], scheme_name(record), structure_only=quantization is not None
+        )
         self.is_int8 = True
 
     def on_fit_end(self) -> None:

@@ -104,10 +104,10 @@ def calibrate(model: torch.nn.Module, batches, rows: int) -> int:
     if rows <= 0:
         raise InputError(f"static int8 calibration needs rows > 0 (got {rows}): set calibration_rows")
     training, seen = model.training, 0
+    keep = ("input_ids", "attention_mask", "token_type_ids")
     model.eval()
     try:
         for batch in batches:
-            keep = ("input_ids", "attention_mask", "token_type_ids")
             model(**{k: v.to(model.device) for k, v in batch.items() if k in keep})
             seen += len(batch["input_ids"])
             if seen >= rows:
@@ -122,12 +122,8 @@ def calibrate(model: torch.nn.Module, batches, rows: int) -> int:
 
 
 def import_torchao() -> None:
-    """Import torchao quietly (on CPU-only machines it logs that its CUDA kernels failed to load).
-    The import also registers its int8 tensors as safe for ``torch.load(weights_only=True)``."""
-    import logging
-
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    """Import torchao (quietly: ``lightning_modules.quiet`` set its loggers first). The import also
+    registers its int8 tensors as safe for ``torch.load(weights_only=True)``."""
     import torchao.quantization  # noqa: F401
 
 
