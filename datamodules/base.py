@@ -118,11 +118,17 @@ class ClassificationDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.group_by_length = group_by_length
         self.num_workers = num_workers
-        validation_splits = [validation_split] if isinstance(validation_split, str) else list(validation_split)
+        validation_splits = (
+            [validation_split] if isinstance(validation_split, str) else list(validation_split)
+        )
         if not validation_splits or len(set(validation_splits)) < len(validation_splits):
-            raise InputError(f"data.validation_split is {validation_split}: give one split or distinct splits")
+            raise InputError(
+                f"data.validation_split is {validation_split}: give one split or distinct splits"
+            )
         # the validation splits after the first, by the metric prefix they log under
-        self.extra_validation_splits = {f"val_{split.removeprefix('validation_')}": split for split in validation_splits[1:]}
+        self.extra_validation_splits = {
+            f"val_{split.removeprefix('validation_')}": split for split in validation_splits[1:]
+        }
         self.splits = {
             "fit": "train",
             "validate": validation_splits[0],
@@ -391,10 +397,14 @@ class ClassificationDataModule(L.LightningDataModule):
             ranks = {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer else {}
             sampler = None
             if shuffle and self.group_by_length:
-                sampler = LengthGroupedSampler([len(ids) for ids in data["input_ids"]], self.batch_size, **ranks)
+                sampler = LengthGroupedSampler(
+                    [len(ids) for ids in data["input_ids"]], self.batch_size, **ranks
+                )
             elif shuffle:
                 sampler = ShuffleSampler(len(data), **ranks)
-            return StatefulDataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate)
+            return StatefulDataLoader(
+                data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate
+            )
         return DataLoader(
             data,
             batch_size=self.eval_batch_size,

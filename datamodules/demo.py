@@ -137,7 +137,11 @@ def _rating_example(rng: random.Random) -> dict:
     learn it by regression, Pearson < 0.2, while they learn this one to > 0.95.)"""
     first, second = _clause(rng), _clause(rng)
     score = 2.5 * first[1] + 2.5 * second[1] + rng.uniform(-0.25, 0.25)
-    return {"text": f"{first[0]} .", "text_pair": f"{second[0]} .", "label": round(min(5.0, max(0.0, score)), 3)}
+    return {
+        "text": f"{first[0]} .",
+        "text_pair": f"{second[0]} .",
+        "label": round(min(5.0, max(0.0, score)), 3),
+    }
 
 
 # --- NER -------------------------------------------------------------------------------------

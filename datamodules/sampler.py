@@ -37,7 +37,9 @@ class ShuffleSampler(DistributedSampler):
     """A random permutation every epoch. With several ranks each takes every ``num_replicas``-th
     index of the same order, padded to a multiple by repeating its start (as ``DistributedSampler``)."""
 
-    def __init__(self, size: int, generator: torch.Generator | None = None, num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self, size: int, generator: torch.Generator | None = None, num_replicas: int = 1, rank: int = 0
+    ):
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
         if generator is None:
             # the ranks must draw one order: from seed_everything's seed, which every DDP process

@@ -37,7 +37,11 @@ class SequenceClassificationDataModule(ClassificationDataModule):
                 label column, MSE loss, Pearson / Spearman correlation and MSE as metrics.
         """
         super().__init__(*args, **kwargs)
-        self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
+        self.text_column, self.text_pair_column, self.label_column = (
+            text_column,
+            text_pair_column,
+            label_column,
+        )
         self.regression = regression
         if regression:  # one output: the model has num_labels 1, which transformers trains with MSE
             self._label_names = [label_column]
@@ -114,7 +118,9 @@ def pair_word_ids(encoded, i: int) -> list[int]:
     """Word index of each token of row ``i`` (-1: special or padding), counting the second text's
     words after the first's."""
     words, sequences = encoded.word_ids(i), encoded.sequence_ids(i)
-    first = max((w for w, s in zip(words, sequences, strict=True) if s == 0 and w is not None), default=-1) + 1
+    first = (
+        max((w for w, s in zip(words, sequences, strict=True) if s == 0 and w is not None), default=-1) + 1
+    )
     return [-1 if w is None else w + first * (s == 1) for w, s in zip(words, sequences, strict=True)]
 
 

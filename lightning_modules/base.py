@@ -43,10 +43,14 @@ def task_metrics(
 
         if extra:
             raise InputError(f"model.metrics {extra}: a regression task logs pearson, spearman and mse")
-        return MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef(), "mse": MeanSquaredError()})
+        return MetricCollection(
+            {"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef(), "mse": MeanSquaredError()}
+        )
     unknown = [m for m in extra if m not in SEQUENCE_METRICS]
     if unknown or (extra and task != "sequence"):
-        raise InputError(f"model.metrics {extra}: sequence tasks take {list(SEQUENCE_METRICS)}; token tasks none")
+        raise InputError(
+            f"model.metrics {extra}: sequence tasks take {list(SEQUENCE_METRICS)}; token tasks none"
+        )
     if "f1" in extra and n_labels != 2:
         raise InputError(f"model.metrics f1 is the positive class's F1 of two labels, the data has {n_labels}: "
                          "use f1_macro (always logged)")  # fmt: skip
@@ -180,8 +184,11 @@ def length_split_enabled(split_by_length: bool | str, trainer: L.Trainer) -> boo
     on_cpu = trainer.strategy.root_device.type == "cpu"
     rank_zero_info(
         "model.split_by_length auto -> "
-        + ("on: each training batch runs as sub-batches of similar length, same rows and gradients, less padding"
-           if on_cpu else "off: measured on CPU only")  # fmt: skip
+        + (
+            "on: each training batch runs as sub-batches of similar length, same rows and gradients, less padding"
+            if on_cpu
+            else "off: measured on CPU only"
+        )  # fmt: skip
     )
     return on_cpu
 
@@ -242,7 +249,9 @@ def load_classifier(
             f"{role} {path!r} has no fine-tuned {task}-classification head (architectures: "
             f"{config.architectures}): fine-tune it first with `shrink fit`"
         )
-    return pruned_from_pretrained(auto, path) or auto.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return pruned_from_pretrained(auto, path) or auto.from_pretrained(
+        path, trust_remote_code=trust_remote_code
+    )
 
 
 def build_classifier(
@@ -411,11 +420,15 @@ class ClassificationModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         output = self(batch, labels=batch["labels"])
         metrics = self._metrics(stage)
-        update_task_metrics(metrics, self.task, self.label_names, predicted(output.logits, self.label_names), batch)
+        update_task_metrics(
+            metrics, self.task, self.label_names, predicted(output.logits, self.label_names), batch
+        )
         # weighted by what the loss averages over (sentences, or labelled tokens), so the epoch value
         # is the mean over the whole split however it is batched or split across DDP ranks
         weight = self.batch_size(batch) if self.task == "sequence" else int((batch["labels"] != -100).sum())
-        self.log(f"{stage}/loss", output.loss, batch_size=max(weight, 1), sync_dist=True, add_dataloader_idx=False)
+        self.log(
+            f"{stage}/loss", output.loss, batch_size=max(weight, 1), sync_dist=True, add_dataloader_idx=False
+        )
 
     def _log_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = self._metrics(stage)
@@ -438,7 +451,9 @@ class ClassificationModule(L.LightningModule):
         if self.trainer.datamodule is not None:
             self.trainer.datamodule.require_labels("test")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._evaluate(batch, "val" if dataloader_idx == 0 else self._extra_val_stages[dataloader_idx - 1])
 
     def on_validation_epoch_end(self) -> None:
@@ -495,7 +510,10 @@ class ClassificationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """``trainer.gradient_clip_val`` with the fused AdamW in every precision. Lightning refuses to clip a
         fused optimizer under AMP, since it cannot unscale fp16 gradients first; unscale them here (as

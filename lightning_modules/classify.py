@@ -141,7 +141,10 @@ def windows_longest_first(texts: list[str], pairs: list[str] | None, batch_size:
     at a time, in the input's order."""
     size = 64 * batch_size
     length = (lambda n: len(texts[n]) + len(pairs[n])) if pairs else (lambda n: len(texts[n]))
-    return [sorted(range(s, min(s + size, len(texts))), key=lambda n: -length(n)) for s in range(0, len(texts), size)]
+    return [
+        sorted(range(s, min(s + size, len(texts))), key=lambda n: -length(n))
+        for s in range(0, len(texts), size)
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,8 +190,12 @@ def main(argv: list[str] | None = None) -> None:
             classifier = Classifier(args.model, args.threads)
             for window in windows_longest_first(texts, pairs, args.batch_size):
                 results = {}
-                for chunk in (window[i : i + args.batch_size] for i in range(0, len(window), args.batch_size)):
-                    outputs = classifier([texts[n] for n in chunk], [pairs[n] for n in chunk] if pairs else None)
+                for chunk in (
+                    window[i : i + args.batch_size] for i in range(0, len(window), args.batch_size)
+                ):
+                    outputs = classifier(
+                        [texts[n] for n in chunk], [pairs[n] for n in chunk] if pairs else None
+                    )
                     results.update(zip(chunk, outputs, strict=True))
                 for n in sorted(results):  # the input's order
                     print(json.dumps(results[n], ensure_ascii=False), flush=True)

@@ -341,7 +341,11 @@ class ShrinkCLI(LightningCLI):
             best = getattr(callback, "best_model_path", "") if callback is not None else ""
             if best and os.path.isfile(best):
                 if self._last_validation_was_best(module, callback):  # these weights, already scored
-                    metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "val_"))}
+                    metrics = {
+                        k: v
+                        for k, v in self.trainer.callback_metrics.items()
+                        if k.startswith(("val/", "val_"))
+                    }
                 else:
                     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
                     module.load_state_dict(state, strict=module.strict_loading)  # LoRA: adapters only

@@ -21,7 +21,10 @@ from lightning_modules.quantize import dequantized, is_quantized
 
 OPSET = 17
 ONNX_FILE = "model.onnx"  # the file name optimum's ORTModel classes look for in a folder
-INT8_KERNELS = ("u8s8", "u8u8")  # int8 matmul operand types, the file's default first (lightning_modules.int8_onnx)
+INT8_KERNELS = (
+    "u8s8",
+    "u8u8",
+)  # int8 matmul operand types, the file's default first (lightning_modules.int8_onnx)
 # ONNX Runtime execution providers by name, each with its fallbacks (nodes a provider lacks run on the
 # next); TensorRT builds an fp16 engine (and caches nothing: the first batch of each shape is slow)
 PROVIDERS = {
@@ -159,7 +162,9 @@ def fuse_transformer_ops(path: str | Path, num_heads: int = 0, hidden_size: int 
     ops (``fused_ops`` counts them in the file); the parity check decides whether the result is kept."""
     from onnxruntime.transformers import optimizer
 
-    fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    fused = optimizer.optimize_model(
+        str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size
+    )
     fused.save_model_to_file(str(path))
 
 
@@ -231,7 +236,9 @@ class OnnxClassifier:
         if kernel == "auto" and provider == "cpu" and self.kernel:  # the kernel choice is about CPUs
             wanted = "u8s8" if has_int8_dot() else "u8u8"
             if self.kernel != wanted and set_weight_kernel(graph, wanted):
-                exact = "VNNI/AMX: exact here" if wanted == "u8s8" else "no VNNI/AMX here: u8s8 would saturate"
+                exact = (
+                    "VNNI/AMX: exact here" if wanted == "u8s8" else "no VNNI/AMX here: u8s8 would saturate"
+                )
                 source, self.kernel = graph.SerializeToString(), f"{wanted} ({exact})"
         self.session = ort.InferenceSession(source, options, providers=providers)
         self.names = [i.name for i in self.session.get_inputs()]

@@ -121,14 +121,18 @@ def set_weight_kernel(model: Any, kernel: str) -> int:
                 values = values - numpy_helper.to_array(weights[inputs[zp]]).astype(np.int16)
             values, inputs[zp] = values + 128, offset
         else:  # the file's own zero point, whatever it is: a wrong one stays wrong, and parity sees it
-            values = values - (numpy_helper.to_array(weights[inputs[zp]]).astype(np.int16) if inputs[zp] else 0)
+            values = values - (
+                numpy_helper.to_array(weights[inputs[zp]]).astype(np.int16) if inputs[zp] else 0
+            )
             inputs[zp] = ""
         lo, hi = (0, 255) if kernel == "u8u8" else (-128, 127)
         if values.min() < lo or values.max() > hi:
             continue  # not representable in the other type: this layer stays as it is
         while inputs and inputs[-1] == "":
             inputs.pop()
-        old.CopyFrom(numpy_helper.from_array(values.astype(np.uint8 if kernel == "u8u8" else np.int8), old.name))
+        old.CopyFrom(
+            numpy_helper.from_array(values.astype(np.uint8 if kernel == "u8u8" else np.int8), old.name)
+        )
         del node.input[:]
         node.input.extend(inputs)
         count += 1
@@ -232,7 +236,10 @@ def int8_graph(graph: Any, model: torch.nn.Module, int8_kernel: str = "u8s8") ->
         key = (x, scale, zero)
         if key not in static_inputs:
             p = f"{x}/int8_static{len(static_inputs)}"
-            s, z = constant(f"{p}/scale", np.array(scale, np.float32)), constant(f"{p}/zero", np.array(zero, np.uint8))
+            s, z = (
+                constant(f"{p}/scale", np.array(scale, np.float32)),
+                constant(f"{p}/zero", np.array(zero, np.uint8)),
+            )
             static_inputs[key] = (node("QuantizeLinear", [x, s, z], f"{p}/q"), s, z)
         return static_inputs[key]
 
@@ -280,7 +287,9 @@ def int8_graph(graph: Any, model: torch.nn.Module, int8_kernel: str = "u8s8") ->
             inputs = [xq, wq, x_scale, constant(f"{p}/w_scale", w_scale), x_zero, w_zp, bias or ""]
             while inputs[-1] == "":
                 inputs.pop()
-            new_nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [out], name=f"{p}/int8", domain=MS))
+            new_nodes.append(
+                helper.make_node("MatMulIntegerToFloat", inputs, [out], name=f"{p}/int8", domain=MS)
+            )
             continue
         xq, x_scale, x_zero = quantize_per_token(x)
         acc = node("MatMulInteger", [xq, wq, *(["", w_zp] if w_zp else [])], f"{p}/acc")

@@ -142,7 +142,9 @@ def load_trained(path: str, role: str = "--model", int8_ok: bool = True) -> Trai
         if exact.is_file():  # the int8 tensors themselves: bit-identical scales
             load_int8_state(model, torch.load(exact, map_location="cpu", weights_only=True))
         elif scheme_name(quantization) == "static":  # its activation scales live only in the int8 file
-            raise InputError(f"{role} {path} is a static int8 folder without its {INT8_FILE}: export it again")
+            raise InputError(
+                f"{role} {path} is a static int8 folder without its {INT8_FILE}: export it again"
+            )
         else:  # re-quantize the dequantized weights (scales may differ in the last float bit)
             convert_to_int8(model, quantization["embeddings"], quantization["head"])
     return TrainedModel(model, task, str(path), quantization or None, None)

@@ -79,7 +79,9 @@ class PruneModule(DistillationModule):
                 ``teacher_cache``, ...) and the shared ones of ``ClassificationModule``.
         """
         if not 0 < target_sparsity < 1:
-            raise InputError(f"model.target_sparsity is {target_sparsity}: give a fraction in (0, 1), e.g. 0.5")
+            raise InputError(
+                f"model.target_sparsity is {target_sparsity}: give a fraction in (0, 1), e.g. 0.5"
+            )
         if not (prune_heads or prune_neurons):
             raise InputError("model.prune_heads and model.prune_neurons are both off: nothing to prune")
         if pruning_events < 1 or not 0 < pruning_end <= 1:
@@ -96,7 +98,11 @@ class PruneModule(DistillationModule):
         )
         self.save_hyperparameters()
         check_prunable(self.model, f"model {model_name_or_path}")
-        self.target_sparsity, self.pruning_events, self.pruning_end = target_sparsity, pruning_events, pruning_end
+        self.target_sparsity, self.pruning_events, self.pruning_end = (
+            target_sparsity,
+            pruning_events,
+            pruning_end,
+        )
         d = head_size(self.model)
         for i, layer in enumerate(layers(self.model)):
             heads = layer.attention.self.query.out_features // d
@@ -193,18 +199,26 @@ class PruneModule(DistillationModule):
         heads = sum(int(m.sum()) for m in self.masks("head"))
         neurons = sum(int(m.sum()) for m in self.masks("neuron"))
         per_head, per_neuron = unit_parameters(self.model)
-        removed = sum(int((m == 0).sum()) for m in self.masks("head")) * per_head + sum(
-            int((m == 0).sum()) for m in self.masks("neuron")
-        ) * per_neuron
+        removed = (
+            sum(int((m == 0).sum()) for m in self.masks("head")) * per_head
+            + sum(int((m == 0).sum()) for m in self.masks("neuron")) * per_neuron
+        )
         sparsity = removed / encoder_parameters(self.model)
-        self.log_dict({"prune/heads": float(heads), "prune/neurons": float(neurons), "prune/sparsity": sparsity})
+        self.log_dict(
+            {"prune/heads": float(heads), "prune/neurons": float(neurons), "prune/sparsity": sparsity}
+        )
 
     # --- the checkpoint monitor sees fully pruned models only --------------------------------------
     def setup(self, stage: str) -> None:
         super().setup(stage)
         callback = self.trainer.checkpoint_callback if stage == "fit" else None
         monitor = getattr(callback, "monitor", None)
-        if monitor and monitor.startswith("val/") and monitor != "val/loss" and not monitor.endswith("_pruned"):
+        if (
+            monitor
+            and monitor.startswith("val/")
+            and monitor != "val/loss"
+            and not monitor.endswith("_pruned")
+        ):
             self._monitor = (monitor, callback.mode)
             callback.monitor = f"{monitor}_pruned"
         elif monitor and not monitor.endswith("_pruned"):

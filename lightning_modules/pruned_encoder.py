@@ -33,7 +33,9 @@ def apply_layout(model: torch.nn.Module, layout: dict[str, Any]) -> torch.nn.Mod
     FFN neurons (new, uninitialised Linear layers: load the pruned weights next)."""
     layers = model.base_model.encoder.layer
     if len(layout["heads"]) != len(layers) or len(layout["intermediate_sizes"]) != len(layers):
-        raise ValueError(f"shrink_pruned describes {len(layout['heads'])} layers, the model has {len(layers)}")
+        raise ValueError(
+            f"shrink_pruned describes {len(layout['heads'])} layers, the model has {len(layers)}"
+        )
     for layer, heads, neurons in zip(layers, layout["heads"], layout["intermediate_sizes"], strict=True):
         attention = layer.attention.self
         hidden = attention.query.in_features

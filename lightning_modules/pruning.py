@@ -171,4 +171,6 @@ def pruned_state(state_dict: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor
     if "head_mask_0" not in state_dict:
         return None
     n = sum(1 for k in state_dict if k.startswith("head_mask_"))
-    return [state_dict[f"head_mask_{i}"] for i in range(n)], [state_dict[f"neuron_mask_{i}"] for i in range(n)]
+    return [state_dict[f"head_mask_{i}"] for i in range(n)], [
+        state_dict[f"neuron_mask_{i}"] for i in range(n)
+    ]

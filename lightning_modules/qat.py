@@ -75,7 +75,11 @@ class QATModule(DistillationModule):
             **kwargs,
         )
         self.save_hyperparameters()
-        self.quantization = {"scheme": check_scheme(scheme), "embeddings": quantize_embeddings, "head": quantize_head}
+        self.quantization = {
+            "scheme": check_scheme(scheme),
+            "embeddings": quantize_embeddings,
+            "head": quantize_head,
+        }
         self.calibration_rows = calibration_rows
         self.int8_path = int8_path
         self.is_int8 = False
@@ -86,7 +90,9 @@ class QATModule(DistillationModule):
         every rank and every run gets the same ones) unless a resumed checkpoint brought them."""
         if not self.is_int8 and not is_calibrated(self.model):
             data = self.trainer.datamodule
-            rows = calibrate(self.model, data.loader("validate", split=data.splits["fit"]), self.calibration_rows)
+            rows = calibrate(
+                self.model, data.loader("validate", split=data.splits["fit"]), self.calibration_rows
+            )
             self.print(f"static int8: activation scales calibrated on {rows} training rows")
         super().on_fit_start()
 
@@ -96,7 +102,11 @@ class QATModule(DistillationModule):
         int8 checkpoint's record) only the structure its weights and scales are then loaded into."""
         record = quantization or self.quantization
         convert_to_int8(
-            self.model, record["embeddings"], record["head"], scheme_name(record), structure_only=quantization is not None
+            self.model,
+            record["embeddings"],
+            record["head"],
+            scheme_name(record),
+            structure_only=quantization is not None,
         )
         self.is_int8 = True
 

@@ -234,7 +234,9 @@ def convert_to_int8(
         )
     for name in linears if scheme == "static" else ():
         quantizer = quantizers.get(name)
-        scale, zero = (quantizer.scale, quantizer.zero_point) if quantizer else (torch.tensor(1.0), torch.tensor(0.0))
+        scale, zero = (
+            (quantizer.scale, quantizer.zero_point) if quantizer else (torch.tensor(1.0), torch.tensor(0.0))
+        )
         ndim = 3 if ".encoder." in f".{name}." else 2  # the scales' rank follows the input's (tokens or rows)
         config = Int8StaticActivationInt8WeightConfig(
             act_quant_scale=scale.detach().float().reshape([1] * ndim),
@@ -255,7 +257,11 @@ def convert_to_int8(
 
 
 def ptq(
-    model: torch.nn.Module, batches, rows: int, embeddings: bool = True, head: bool = False,
+    model: torch.nn.Module,
+    batches,
+    rows: int,
+    embeddings: bool = True,
+    head: bool = False,
     scheme: str = DEFAULT_SCHEME,
 ) -> torch.nn.Module:
     """Post-training quantization (in place): ``static`` calibrates on ``rows`` rows of ``batches``

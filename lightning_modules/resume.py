@@ -169,7 +169,11 @@ class ResumeCheckpoint(Checkpoint):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             per_rank = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(per_rank, rng)
-        return {"rng": rng, "rng_per_rank": per_rank, "wandb_run_id": wandb_run_id(trainer) if trainer else None}
+        return {
+            "rng": rng,
+            "rng_per_rank": per_rank,
+            "wandb_run_id": wandb_run_id(trainer) if trainer else None,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng_to_restore = state_dict.get("rng")

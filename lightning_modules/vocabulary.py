@@ -54,7 +54,9 @@ def kept_token_ids(
     specials = set(tokenizer.all_special_ids) | {token["id"] for token in state["added_tokens"]}
     seen = {token.removeprefix(prefix) for token, i in vocab.items() if i in counts and i not in specials}
     seen_chars = set("".join(seen))
-    keep |= {i for token, i in vocab.items() if len(token.removeprefix(prefix)) == 1 and token[-1] in seen_chars}
+    keep |= {
+        i for token, i in vocab.items() if len(token.removeprefix(prefix)) == 1 and token[-1] in seen_chars
+    }
     keep |= specials
     keep |= set(range(min(keep_first, len(vocab))))
     return sorted(keep)
@@ -75,7 +77,9 @@ def _remap_processor(processor: dict[str, Any] | None, new_id: dict[int, int]) -
         for key in ("cls", "sep"):
             processor[key][1] = new_id[processor[key][1]]
     elif kind != "ByteLevel":  # ByteLevel holds no ids
-        raise InputError(f"vocabulary pruning does not know the {kind} post-processor: keep the full vocabulary")
+        raise InputError(
+            f"vocabulary pruning does not know the {kind} post-processor: keep the full vocabulary"
+        )
 
 
 def pruned_tokenizer(tokenizer: Any, keep: list[int]) -> Any:
@@ -121,12 +125,16 @@ def prune_vocabulary(model: torch.nn.Module, keep: list[int]) -> None:
     if pad is not None and pad not in new_id:
         raise InputError(f"the padding token id {pad} is not among the kept tokens")
     rows = torch.tensor(keep, dtype=torch.long)
-    smaller = torch.nn.Embedding(len(keep), old.embedding_dim, padding_idx=new_id.get(pad) if pad is not None else None)
+    smaller = torch.nn.Embedding(
+        len(keep), old.embedding_dim, padding_idx=new_id.get(pad) if pad is not None else None
+    )
     with torch.no_grad():
         smaller.weight.copy_(old.weight[rows])
     model.set_input_embeddings(smaller)
     embeddings = getattr(getattr(model, model.base_model_prefix, model), "embeddings", None)
-    if embeddings is not None and hasattr(embeddings, "padding_idx") and pad is not None:  # MPNet, RoBERTa positions
+    if (
+        embeddings is not None and hasattr(embeddings, "padding_idx") and pad is not None
+    ):  # MPNet, RoBERTa positions
         embeddings.padding_idx = new_id[pad]
     config.vocab_size = len(keep)
     for key in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):

@@ -43,7 +43,10 @@ def classify_seconds(model: str, texts: str, threads: int, rounds: int) -> dict[
     from lightning_modules import classify
 
     sorted_windows = classify.windows_longest_first
-    kinds = {"input order": lambda t, p, b: [sorted(w) for w in sorted_windows(t, p, b)], "longest first": sorted_windows}
+    kinds = {
+        "input order": lambda t, p, b: [sorted(w) for w in sorted_windows(t, p, b)],
+        "longest first": sorted_windows,
+    }
     seconds = {kind: [] for kind in kinds}
     for _ in range(rounds):
         for kind, windows in kinds.items():
@@ -58,7 +61,9 @@ def classify_seconds(model: str, texts: str, threads: int, rounds: int) -> dict[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classify", metavar="TEXTS", help="instead: time shrink-classify --model on this file")
+    parser.add_argument(
+        "--classify", metavar="TEXTS", help="instead: time shrink-classify --model on this file"
+    )
     parser.add_argument("--data", help="a run config whose data: section to read")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="data init arg")
     parser.add_argument("--model", required=True, help="the model to evaluate (a folder or hub name)")
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|" + "---|" * len(shown),
         *[
             f"| {name} | {tokens[name]} ({tokens[name] / real:.2f}x) | {seconds[name]} | {median[name]:.2f} | "
-            + " | ".join(f"{scores[name][k]:.4f}" for k in shown) + " |"
+            + " | ".join(f"{scores[name][k]:.4f}" for k in shown)
+            + " |"
             for name in loaders
         ],
         "",

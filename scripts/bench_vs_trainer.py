@@ -62,6 +62,7 @@ def trainer_setup(a: dict):
 
     tok = AutoTokenizer.from_pretrained(a["model"])
     if a["task"] == "sequence":
+
         def rows(path, n=None):
             r = read_table(path)[:n]
             return [x["sentence"] for x in r], [int(x["label"]) for x in r]
@@ -74,6 +75,7 @@ def trainer_setup(a: dict):
         names = ["negative", "positive"]
         auto, collator = AutoModelForSequenceClassification, DataCollatorWithPadding(tok)
     else:
+
         def rows(path, n=None):
             r = read_conll(path, 3)[:n]
             return [x["tokens"] for x in r], [x["tags"] for x in r]
@@ -111,7 +113,10 @@ def trainer_setup(a: dict):
 
         p, gold = pred.predictions.argmax(-1), pred.label_ids
         y_true = [[names[x] for x in g if x != -100] for g in gold]
-        y_pred = [[names[x] for x, g in zip(pr, gr, strict=True) if g != -100] for pr, gr in zip(p, gold, strict=True)]
+        y_pred = [
+            [names[x] for x, g in zip(pr, gr, strict=True) if g != -100]
+            for pr, gr in zip(p, gold, strict=True)
+        ]
         return float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2)), seconds
 
     return model, encode(texts, labels), collator, evaluate
@@ -142,8 +147,11 @@ def trainer_child(a: dict) -> None:
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
     out = trainer.train()
     metric, eval_s = evaluate(trainer)
-    print(json.dumps({"train_s": out.metrics["train_runtime"], "startup_s": loaded, "metric": metric, "eval_s": eval_s}))
-
+    print(
+        json.dumps(
+            {"train_s": out.metrics["train_runtime"], "startup_s": loaded, "metric": metric, "eval_s": eval_s}
+        )
+    )
 
 
 def run_shrink(args, rows: int, out: Path, compiled: bool = False, split: bool = False) -> dict:
@@ -161,7 +169,12 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False, split: bool =
         "--seed_everything", str(args.seed),
     ]  # fmt: skip
     if not args.defaults:  # else the recipe's own precision (per CPU), batching and splitting
-        cli += ["--trainer.precision", args.precision, "--data.init_args.group_by_length", str(args.grouped).lower()]
+        cli += [
+            "--trainer.precision",
+            args.precision,
+            "--data.init_args.group_by_length",
+            str(args.grouped).lower(),
+        ]
     if args.task == "token":
         cli += ["--data.init_args.tag_column", "3"]
     if compiled:  # inductor, dynamic shapes: its compile time falls in the first steps, so in the fixed cost
@@ -183,7 +196,9 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False, split: bool =
     key = "val/accuracy" if args.task == "sequence" else "val/f1"
     metric = float(card.split(f"| {key} | ")[1].split(" |")[0]) if f"| {key} | " in card else float("nan")
     # Lightning's Timer: the training stage's clock runs through the epoch-end validation; take it out
-    evaluated = timer["time_elapsed"].get("validate", float("nan"))  # the epoch-end validation on the dev split
+    evaluated = timer["time_elapsed"].get(
+        "validate", float("nan")
+    )  # the epoch-end validation on the dev split
     train = timer["time_elapsed"]["train"] - evaluated
     return {"train_s": train, "other_s": total - train, "metric": metric, "eval_s": evaluated}
 
@@ -199,8 +214,12 @@ def run_trainer(args, rows: int, out: Path) -> dict:
     if result.returncode != 0:
         sys.exit(f"Trainer failed:\n{result.stderr[-3000:]}")
     values = json.loads(result.stdout.strip().splitlines()[-1])
-    return {"train_s": values["train_s"], "other_s": total - values["train_s"], "metric": values["metric"],
-            "eval_s": values["eval_s"]}
+    return {
+        "train_s": values["train_s"],
+        "other_s": total - values["train_s"],
+        "metric": values["metric"],
+        "eval_s": values["eval_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,9 +242,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42, help="both tools' seed: data order, dropout")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--grouped", action="store_true", help="length-grouped batches in both")
-    parser.add_argument("--defaults", action="store_true",
-                        help="each tool's own precision and batching instead of --precision / --grouped")
-    parser.add_argument("--compile", action="store_true", help="also shrink with model.torch_compile (inductor)")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="each tool's own precision and batching instead of --precision / --grouped",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also shrink with model.torch_compile (inductor)"
+    )
     parser.add_argument("--split", action="store_true", help="also shrink with model.split_by_length")
     parser.add_argument("--out", default="results/bench_vs_trainer")
     args = parser.parse_args(argv)
@@ -252,14 +276,20 @@ def main(argv: list[str] | None = None) -> None:
         summary[tool] = {
             "ms_per_row": [round(1000 * s, 2) for s in slopes],
             # the training clock at 0 rows: what compiling (and the first steps) cost once
-            "fixed_train_s_median": round(statistics.median(
-                a["train_s"] - small * s for a, s in zip(by_rows[small], slopes, strict=True)), 1),  # fmt: skip
+            "fixed_train_s_median": round(
+                statistics.median(
+                    a["train_s"] - small * s for a, s in zip(by_rows[small], slopes, strict=True)
+                ),
+                1,
+            ),  # fmt: skip
             "ms_per_row_median": round(1000 * statistics.median(slopes), 2),
             "other_s_median": round(
                 statistics.median(r["other_s"] for rs in by_rows.values() for r in rs), 1
             ),
             f"dev_metric_{large}_rows": [round(r["metric"], 4) for r in by_rows[large]],
-            "dev_eval_s_median": round(statistics.median(r["eval_s"] for rs in by_rows.values() for r in rs), 2),
+            "dev_eval_s_median": round(
+                statistics.median(r["eval_s"] for rs in by_rows.values() for r in rs), 2
+            ),
         }
     speeds = {tool: round(summary["trainer"]["ms_per_row_median"] / v["ms_per_row_median"], 2)
               for tool, v in summary.items() if tool != "trainer"}  # fmt: skip

@@ -140,7 +140,9 @@ def score(run, batches: list[dict], task: str, label_names: list[str]) -> dict[s
 
 def timing_inputs(batches: list[dict], args) -> dict[str, list[dict]]:
     """What each row is timed on: real sentences at batch 1, 128 real tokens back to back, batches of 32."""
-    singles = [unpadded(b, i) for b in batches for i in range(b["input_ids"].shape[0])][: args.latency_samples]
+    singles = [unpadded(b, i) for b in batches for i in range(b["input_ids"].shape[0])][
+        : args.latency_samples
+    ]
     ids = torch.cat([s["input_ids"][0] for s in singles] * 128)[:128]
     full = {"input_ids": ids[None], "attention_mask": torch.ones(1, 128, dtype=torch.long)}
     full["token_type_ids"] = torch.zeros_like(full["input_ids"])
@@ -148,7 +150,9 @@ def timing_inputs(batches: list[dict], args) -> dict[str, list[dict]]:
     return {"b1": singles, "128": [full] * args.long_repeats, "b32": by32}
 
 
-def timed_rounds(runs: list, inputs: list[dict[str, list[dict]]], rounds: int) -> list[dict[str, list[float]]]:
+def timed_rounds(
+    runs: list, inputs: list[dict[str, list[dict]]], rounds: int
+) -> list[dict[str, list[float]]]:
     """Each run's times per kind of input, in interleaved rounds: round r times every run on the r-th
     share of its inputs, so a noisy stretch of the machine lands on all rows alike, and the ratios
     between rows hold better than the absolute figures."""
@@ -184,9 +188,13 @@ def benchmark(args) -> list[dict]:
         **({"max_eval_samples": args.max_eval_samples} if args.max_eval_samples else {}),
     }
     rows, data_by_tokenizer, runs, inputs, peers = [], {}, [], [], []
-    unknown = set(args.ort_peers) - {name for name, _, info in models if not info["int8"] and not info["onnx"]}
+    unknown = set(args.ort_peers) - {
+        name for name, _, info in models if not info["int8"] and not info["onnx"]
+    }
     if unknown:
-        raise InputError(f"--ort-peers {sorted(unknown)}: name fp32 PyTorch models given with --model NAME=PATH")
+        raise InputError(
+            f"--ort-peers {sorted(unknown)}: name fp32 PyTorch models given with --model NAME=PATH"
+        )
     session_providers(args.provider)  # before any work: a missing GPU provider is one line
     provider_tag = "" if args.provider == "cpu" else f" {args.provider}"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -215,7 +223,9 @@ def benchmark(args) -> list[dict]:
             device = "cpu" if int8 else args.device  # torchao's int8 layers here are CPU kernels
             model.to(device)
             tag = "" if device == "cpu" else f" {device}"
-            runtimes = [(f"pytorch{tag}", pytorch_logits(model, input_names(model), device), weights_bytes(model))]
+            runtimes = [
+                (f"pytorch{tag}", pytorch_logits(model, input_names(model), device), weights_bytes(model))
+            ]
             # compiled while the metric is computed, so the timings are warm. torchao's int8 too: eager it
             # dispatches every int8 matmul through Python; inductor fuses them (5x at batch 1 on AMX)
             if args.compile:
@@ -230,7 +240,9 @@ def benchmark(args) -> list[dict]:
         if name in args.ort_peers:  # ONNX Runtime's quantizers on this model's fp32 export, run as they are
             folder = Path(args.out) / "onnx"
             # from the eager-attention export: for ONNX Runtime's quantizer too the faster fp32 graph here
-            fp32_path = export_onnx(model, folder / f"{name.replace(' ', '_')}.fp32.onnx", eager_attention=True)
+            fp32_path = export_onnx(
+                model, folder / f"{name.replace(' ', '_')}.fp32.onnx", eager_attention=True
+            )
             calibration = []
             for batch in data.loader("validate", split=data.splits["fit"]):
                 calibration.append(batch)
@@ -371,7 +383,9 @@ def main(argv: list[str] | None = None) -> None:
         "--out", required=True, help="folder for benchmark.md / .json / .png and the .onnx files"
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch and ONNX Runtime")
-    parser.add_argument("--device", default="cpu", help="device of the fp32 PyTorch rows, e.g. cuda (int8 stays on CPU)")
+    parser.add_argument(
+        "--device", default="cpu", help="device of the fp32 PyTorch rows, e.g. cuda (int8 stays on CPU)"
+    )
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="ONNX Runtime provider of the ONNX rows (cuda / tensorrt: onnxruntime-gpu)")  # fmt: skip
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
@@ -383,7 +397,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-eval-samples", type=int, default=None, help="score only the first N rows")
     parser.add_argument("--ort-peers", action="append", default=[], metavar="NAME",
                         help="add ONNX Runtime's dynamic and static int8 of this fp32 model (repeat)")  # fmt: skip
-    parser.add_argument("--calibration-rows", type=int, default=512, help="training rows that calibrate the static peer")
+    parser.add_argument(
+        "--calibration-rows", type=int, default=512, help="training rows that calibrate the static peer"
+    )
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     try:

@@ -79,7 +79,11 @@ def stage(config: str, run_dir: Path, metric: str, *overrides: str) -> tuple[flo
     shrink("fit", "--config", config, "--out_dir", str(run_dir), *overrides)
     shrink("test", "--config", config, "--out_dir", str(run_dir), "--ckpt_path", "best", *overrides)
     seconds = time.perf_counter() - start
-    return json.loads((run_dir / "test_metrics.json").read_text())[metric], seconds, parameters(run_dir / "model")
+    return (
+        json.loads((run_dir / "test_metrics.json").read_text())[metric],
+        seconds,
+        parameters(run_dir / "model"),
+    )
 
 
 def parameters(folder: Path) -> int:
@@ -141,7 +145,9 @@ def main() -> None:
         start = time.perf_counter()
         shrink("fit", "--config", f"configs/demo/{task}_qat.yaml", "--out_dir", str(pruned_qat),
                "--model.init_args.model_name_or_path", str(prune_dir / "model"), "--model.init_args.teacher", teacher)  # fmt: skip
-        score = int8_score(f"configs/demo/{task}_qat.yaml", pruned_qat, pruned_qat / "int8.ckpt", metric, teacher)
+        score = int8_score(
+            f"configs/demo/{task}_qat.yaml", pruned_qat, pruned_qat / "int8.ckpt", metric, teacher
+        )
         rows.append((task, "student, pruned 50%, QAT int8", score, time.perf_counter() - start, rows[-1][4]))
         qat_config, qat_dir = f"configs/demo/{task}_qat.yaml", out / f"{task}_qat"
         start = time.perf_counter()
@@ -168,12 +174,16 @@ def main() -> None:
                *[arg for name, path in models.items() for arg in ("--model", f"{name}={path}")])  # fmt: skip
     for task, metric in PAIR_TASKS.items():  # sentence pairs and regression: teacher and distilled student
         teacher_dir = out / f"{task}_finetune"
-        rows.append((task, "teacher (fine-tuned)", *stage(f"configs/demo/{task}_finetune.yaml", teacher_dir, metric)))
+        rows.append(
+            (task, "teacher (fine-tuned)", *stage(f"configs/demo/{task}_finetune.yaml", teacher_dir, metric))
+        )
         rows.append((task, "student, distilled", *stage(f"configs/demo/{task}_distill.yaml", out / f"{task}_distill", metric,
                      "--model.init_args.teacher", best_checkpoint_in(teacher_dir / "checkpoints"))))  # fmt: skip
     print("\n| task | model | parameters | held-out metric | score | seconds |\n|---|---|---|---|---|---|")
     for task, model, score, seconds, parameters in rows:
-        print(f"| {task} | {model} | {parameters / 1e6:.2f}M | {(TASKS | PAIR_TASKS)[task]} | {score:.4f} | {seconds:.0f} |")
+        print(
+            f"| {task} | {model} | {parameters / 1e6:.2f}M | {(TASKS | PAIR_TASKS)[task]} | {score:.4f} | {seconds:.0f} |"
+        )
     for task in TASKS:
         print("\n" + (out / f"{task}_benchmark" / "benchmark.md").read_text())
     print("Hugging Face model folders (transformers.pipeline, from_pretrained, push_to_hub):")

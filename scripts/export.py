@@ -116,7 +116,10 @@ def onnx_command(args: argparse.Namespace) -> None:
         checks = [report]
         here = OnnxClassifier(tmp, args.threads, provider=args.provider)  # as shrink runs it on this CPU
         if here.kernel != report["int8_kernel"]:
-            report["as_run_here"] = {"int8_kernel": here.kernel, **parity(reference, here, data.loader("validate"), task)}
+            report["as_run_here"] = {
+                "int8_kernel": here.kernel,
+                **parity(reference, here, data.loader("validate"), task),
+            }
             checks.append(report["as_run_here"])
         print(json.dumps(report, indent=1))
         for check in checks:
@@ -143,7 +146,13 @@ def onnx_command(args: argparse.Namespace) -> None:
 def onnx_card(model, task: str, report: dict, quantization: dict | None, name: str, onnx_path: Path) -> str:
     """The ONNX folder's model card: what it computes and how closely it matches PyTorch."""
     size = onnx_path.stat().st_size
-    scheme = SCHEMES[scheme_name(quantization or {})] if report["int8"] else "fp16" if report.get("fp16") else "fp32"
+    scheme = (
+        SCHEMES[scheme_name(quantization or {})]
+        if report["int8"]
+        else "fp16"
+        if report.get("fp16")
+        else "fp32"
+    )
     facts = {
         "runtime": f"ONNX Runtime ({provider_name(report.get('provider', 'cpu'))}), opset {OPSET}",
         "numerics": scheme,
@@ -159,10 +168,13 @@ def onnx_card(model, task: str, report: dict, quantization: dict | None, name: s
         "agreement with PyTorch": report["agreement"],
         "max |logit difference|": report["max_logit_diff"],
         "compared predictions": report["compared"],
-        "checked on": report["cpu"] + ("" if report.get("provider", "cpu") == "cpu" else f" + {report['provider']} GPU"),
+        "checked on": report["cpu"]
+        + ("" if report.get("provider", "cpu") == "cpu" else f" + {report['provider']} GPU"),
     }
     if "as_run_here" in report:  # shrink runs the file with the other weight type on this CPU: checked too
-        parity_figures[f"agreement run as {report['as_run_here']['int8_kernel']}"] = report["as_run_here"]["agreement"]
+        parity_figures[f"agreement run as {report['as_run_here']['int8_kernel']}"] = report["as_run_here"][
+            "agreement"
+        ]
     lineage = list(getattr(model.config, "shrink_lineage", None) or [])
     lineage.append({"stage": "ONNX export", "model": report["model"], "int8": report["int8"]})
     auto = "ORTModelForSequenceClassification" if task == "sequence" else "ORTModelForTokenClassification"
@@ -298,7 +310,9 @@ def vocabulary_parity(model, data, smaller, smaller_data, keep: list[int], task:
 def prune_vocab_command(args: argparse.Namespace) -> None:
     trained = load_trained(args.model)
     if trained.quantization is not None:
-        raise InputError(f"--model {args.model} is int8: prune the vocabulary of its fp32 model, then quantize")
+        raise InputError(
+            f"--model {args.model} is int8: prune the vocabulary of its fp32 model, then quantize"
+        )
     if trained.tokenizer is None:
         raise InputError(f"--model {args.model} records no tokenizer: give the model folder a stage wrote")
     out = Path(args.out)
@@ -335,8 +349,11 @@ def prune_vocab_command(args: argparse.Namespace) -> None:
         task=trained.task,
         labels=[smaller.config.id2label[i] for i in range(smaller.config.num_labels)],
         facts={"vocabulary": f"{len(keep)} of {report['of']} tokens", **parameters_and_bytes(smaller)},
-        metrics={f"validation {report['metric']}": report["pruned"], f"validation {report['metric']}, full vocabulary": report["full"],
-                 **{k: report[k] for k in ("agreement", "rows_tokenized_differently")}},  # fmt: skip
+        metrics={
+            f"validation {report['metric']}": report["pruned"],
+            f"validation {report['metric']}, full vocabulary": report["full"],
+            **{k: report[k] for k in ("agreement", "rows_tokenized_differently")},
+        },  # fmt: skip
         lineage=smaller.config.shrink_lineage,
         command="python scripts/export.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
@@ -367,7 +384,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     onnx.add_argument("--scheme", choices=sorted(SCHEMES), default=None,
                       help=f"int8 scheme of --int8 (default {DEFAULT_SCHEME}); an int8 model keeps its own")  # fmt: skip
-    onnx.add_argument("--calibration-rows", type=int, default=512, help="training rows that calibrate static int8")
+    onnx.add_argument(
+        "--calibration-rows", type=int, default=512, help="training rows that calibrate static int8"
+    )
     onnx.add_argument("--min-agreement", type=float, default=0.995, help="fail below this label agreement")
     onnx.add_argument(
         "--int8-kernel",
@@ -392,9 +411,13 @@ def main(argv: list[str] | None = None) -> None:
     ptq.add_argument("--out", required=True, help="the int8 .ckpt to write")
     ptq.add_argument("--scheme", choices=sorted(SCHEMES), default=DEFAULT_SCHEME,
                      help="static (calibrated activation scales: needs --data) or per-token")  # fmt: skip
-    ptq.add_argument("--data", help="run config whose data: section gives the training rows that calibrate static")
+    ptq.add_argument(
+        "--data", help="run config whose data: section gives the training rows that calibrate static"
+    )
     ptq.add_argument("--set", action="append", default=[], help="data init arg override KEY=VALUE")
-    ptq.add_argument("--calibration-rows", type=int, default=512, help="training rows that calibrate static int8")
+    ptq.add_argument(
+        "--calibration-rows", type=int, default=512, help="training rows that calibrate static int8"
+    )
     ptq.add_argument("--fp32-embeddings", action="store_true", help="keep word embeddings in fp32")
     ptq.add_argument("--quantize-head", action="store_true", help="also int8 the classifier head")
     ptq.add_argument("--overwrite", action="store_true")
@@ -402,19 +425,30 @@ def main(argv: list[str] | None = None) -> None:
                                 "embeddings), checked on the validation split")  # fmt: skip
     vocab.add_argument("--model", required=True, help="an fp32 .ckpt or model folder of this project")
     vocab.add_argument("--out", required=True, help="the model folder to write")
-    vocab.add_argument("--data", required=True, help="run config whose data: section gives the train and validation splits")
+    vocab.add_argument(
+        "--data", required=True, help="run config whose data: section gives the train and validation splits"
+    )
     vocab.add_argument("--set", action="append", default=[], help="data init arg override KEY=VALUE")
-    vocab.add_argument("--min-count", type=int, default=1, help="keep tokens seen at least this often in training")
+    vocab.add_argument(
+        "--min-count", type=int, default=1, help="keep tokens seen at least this often in training"
+    )
     vocab.add_argument("--keep-first", type=int, default=0, help="also keep the tokenizer's first N ids (BERT-family "
                        "vocabularies list common pieces first): fewer unseen words fall apart into characters")  # fmt: skip
-    vocab.add_argument("--max-drop", type=float, default=0.005, help="fail if the validation metric drops more than this")
+    vocab.add_argument(
+        "--max-drop", type=float, default=0.005, help="fail if the validation metric drops more than this"
+    )
     vocab.add_argument("--overwrite", action="store_true")
     push = commands.add_parser("push", help="upload a model folder or ONNX folder to the Hugging Face Hub")
     push.add_argument("--folder", required=True, help="OUT_DIR/model of a stage, or an ONNX folder")
     push.add_argument("--repo_id", required=True, help="user/name on the Hub (`huggingface-cli login` first)")
     args = parser.parse_args(argv)
     try:
-        commands = {"onnx": onnx_command, "ptq": ptq_command, "push": push_command, "prune-vocab": prune_vocab_command}
+        commands = {
+            "onnx": onnx_command,
+            "ptq": ptq_command,
+            "push": push_command,
+            "prune-vocab": prune_vocab_command,
+        }
         commands[args.command](args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -64,7 +64,9 @@ def distill_from_teacher_cache(tmp_path, teacher: str, **options) -> Distillatio
 
 def test_compiled_distillation_with_teacher_cache_equals_eager(tmp_path):
     teacher = fine_tuned_checkpoint("sequence", tmp_path)
-    results = [weights(distill_from_teacher_cache(tmp_path, teacher, torch_compile=c)) for c in (False, "eager")]
+    results = [
+        weights(distill_from_teacher_cache(tmp_path, teacher, torch_compile=c)) for c in (False, "eager")
+    ]
     assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 1  # built once, reused compiled
     for key, value in results[1].items():
         torch.testing.assert_close(value, results[0][key], rtol=0, atol=1e-6, msg=key)
@@ -99,7 +101,9 @@ def test_auto_compiles_with_inductor_only_for_bf16_on_a_cpu_with_amx(tmp_path, m
     monkeypatch.setattr(export, "cpu_flags", lambda: {"amx_bf16"})
     L.seed_everything(0)
     dm = datamodule("sequence", tmp_path / "cache", group_by_length=True)
-    module = FineTuneModule(model_config=ONE_LAYER, task="sequence", label_names=dm.label_names, torch_compile="auto")
+    module = FineTuneModule(
+        model_config=ONE_LAYER, task="sequence", label_names=dm.label_names, torch_compile="auto"
+    )
     trainer(max_steps=2, precision="bf16-mixed", enable_checkpointing=False).fit(module, dm)
     assert module.model._compiled_call_impl is None
     # the stages that never compile accept auto

@@ -49,7 +49,9 @@ def test_glue_data_files_are_the_task_table():
 
     assert sorted(p.name for p in (ROOT / "configs" / "glue").iterdir() if p.is_dir()) == sorted(GLUE_TASKS)
     for task in GLUE_TASKS:
-        assert yaml.safe_load((ROOT / "configs" / "glue" / task / "data.yaml").read_text()) == data_config(task)
+        assert yaml.safe_load((ROOT / "configs" / "glue" / task / "data.yaml").read_text()) == data_config(
+            task
+        )
         assert sorted(p.stem for p in (ROOT / "configs" / "glue" / task).glob("*.yaml")) == [
             "data", "distill", "finetune", "qat"]  # fmt: skip
 

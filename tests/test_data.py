@@ -185,7 +185,9 @@ def test_length_grouped_sampler_shards_one_order_over_ranks_and_each_rank_resume
     lengths = [min(3 + int(rng.expovariate(1 / 12)), 128) for _ in range(1001)]
 
     def loader(rank: int) -> StatefulDataLoader:  # what each DDP rank builds (Lightning does not wrap it)
-        sampler = LengthGroupedSampler(lengths, 8, torch.Generator().manual_seed(3), num_replicas=2, rank=rank)
+        sampler = LengthGroupedSampler(
+            lengths, 8, torch.Generator().manual_seed(3), num_replicas=2, rank=rank
+        )
         assert isinstance(sampler, torch.utils.data.DistributedSampler) and len(sampler) == 501
         return StatefulDataLoader(list(range(1001)), batch_size=8, sampler=sampler)
 
@@ -197,7 +199,9 @@ def test_length_grouped_sampler_shards_one_order_over_ranks_and_each_rank_resume
         shards = [[i for b in dl for i in b.tolist()] for dl in ranks]
         assert set(shards[0] + shards[1]) == set(range(1001)) and len(shards[0] + shards[1]) == 1002
         assert shards[0] != shards[1] and max(lengths[i] for i in shards[0][:8]) == max(lengths)
-        assert padded_tokens(shards[0], lengths, 8) < 1.2 * padded_tokens(sorted(shards[0], key=lengths.__getitem__), lengths, 8)
+        assert padded_tokens(shards[0], lengths, 8) < 1.2 * padded_tokens(
+            sorted(shards[0], key=lengths.__getitem__), lengths, 8
+        )
     # a rank stopped mid-way through its second epoch resumes with the batches it had not seen
     whole = loader(1)
     epochs = [[b.tolist() for b in whole] for _ in range(2)]
@@ -234,7 +238,9 @@ def test_evaluation_runs_longest_first_and_scores_as_in_file_order(tmp_path, tas
     torch.manual_seed(0)
     module = FineTuneModule(model_config=TINY, task=task, label_names=dm.label_names)
     scores = trainer(limit_val_batches=None).validate(module, datamodule=dm, verbose=False)[0]
-    in_order = trainer(limit_val_batches=None).validate(module, dataloaders=dm.loader("validate"), verbose=False)[0]
+    in_order = trainer(limit_val_batches=None).validate(
+        module, dataloaders=dm.loader("validate"), verbose=False
+    )[0]
     assert scores.keys() == in_order.keys() and "val/loss" in scores
     for key, value in scores.items():  # the same predictions; the loss up to float summation order
         assert value == pytest.approx(in_order[key], abs=1e-6 if key == "val/loss" else 0), key

@@ -76,8 +76,13 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
     # the scores synced over the 2 ranks (each validated half of each split), as the model card has
     # them, equal one process validating the whole splits with the same weights
     card = (tmp_path / "student" / "model" / "README.md").read_text()
-    synced = {k: float(v) for k, v in re.findall(r"^\| (val[^ ]*/(?:accuracy|f1_macro|mcc)) \| ([-0-9.]+) \|$", card, re.M)}
-    assert sorted(synced) == sorted(f"{p}/{m}" for p in ("val", "val_test") for m in ("accuracy", "f1_macro", "mcc"))
+    synced = {
+        k: float(v)
+        for k, v in re.findall(r"^\| (val[^ ]*/(?:accuracy|f1_macro|mcc)) \| ([-0-9.]+) \|$", card, re.M)
+    }
+    assert sorted(synced) == sorted(
+        f"{p}/{m}" for p in ("val", "val_test") for m in ("accuracy", "f1_macro", "mcc")
+    )
     alone = run_cli("validate", *args[:2], "--model.init_args.teacher", str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
                     "--ckpt_path", str(tmp_path / "student" / "checkpoints" / "last.ckpt"), "--out_dir", str(tmp_path / "alone"),
                     *scored, *small, cwd=tmp_path)  # fmt: skip
@@ -106,7 +111,9 @@ def test_prune_ddp_two_processes_makes_the_same_decisions_on_both_ranks(tmp_path
     ]  # fmt: skip
     result = run_cli_process("fit", *args, cwd=tmp_path, timeout=300)  # DDP: never in the pytest process
     assert result.returncode == 0, result.stderr[-3000:]
-    last = torch.load(tmp_path / "pruned" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(
+        tmp_path / "pruned" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     assert last["global_step"] == 6 and int(last["state_dict"]["events_done"]) == 8  # 128 rows / (2 x 32) x 3
     assert (tmp_path / "pruned" / "model" / "pruned_encoder.py").is_file()
 
@@ -131,7 +138,9 @@ def test_ddp_run_crashed_mid_epoch_resumes_exactly(grouped, tmp_path):
 
     whole = fit("whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    crashed = fit("crashed", "--trainer.callbacks+=tests.test_resume.CrashAt", "--trainer.callbacks.step", "13")
+    crashed = fit(
+        "crashed", "--trainer.callbacks+=tests.test_resume.CrashAt", "--trainer.callbacks.step", "13"
+    )
     assert crashed.returncode != 0 and "crashed at step 13" in crashed.stderr
     assert step_of(tmp_path / "crashed" / "checkpoints" / "last.ckpt") == 12
     resumed = fit("crashed", "--ckpt_path", "last")

@@ -201,9 +201,13 @@ def test_onnx_folder_and_shrink_classify_on_raw_text(fitted, tmp_path, capsys):
     batched = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in batched] == texts
     classify_main([str(tmp / "run" / "model"), "--file", str(many), "--batch-size", "1"])
-    for together, alone in zip(batched, (json.loads(line) for line in capsys.readouterr().out.splitlines()), strict=True):
+    for together, alone in zip(
+        batched, (json.loads(line) for line in capsys.readouterr().out.splitlines()), strict=True
+    ):
         if task == "sequence":
-            assert together["label"] == alone["label"] and together["score"] == pytest.approx(alone["score"], abs=1e-5)
+            assert together["label"] == alone["label"] and together["score"] == pytest.approx(
+                alone["score"], abs=1e-5
+            )
         else:
             assert [(e["type"], e["start"], e["end"]) for e in together["entities"]] == [
                 (e["type"], e["start"], e["end"]) for e in alone["entities"]

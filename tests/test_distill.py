@@ -54,7 +54,9 @@ def fine_tuned_checkpoint(task: str, tmp: Path, model_config: dict = TINY, steps
     """A tiny model fine-tuned for ``steps`` on the demo data of ``task``, saved as ``tmp/model.ckpt``."""
     L.seed_everything(0)
     dm = datamodule(task, tmp)
-    module = FineTuneModule(model_config=model_config, task=task, label_names=dm.label_names, learning_rate=1e-3)
+    module = FineTuneModule(
+        model_config=model_config, task=task, label_names=dm.label_names, learning_rate=1e-3
+    )
     run = trainer(max_steps=steps)
     run.fit(module, dm)
     run.save_checkpoint(tmp / "model.ckpt")

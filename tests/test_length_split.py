@@ -153,10 +153,14 @@ def test_stages_that_train_on_whole_batches_refuse_split_in_one_line(tmp_path):
     )
 
 
-def test_split_distillation_from_the_teacher_cache_trains_to_the_weights_of_whole_batches(tmp_path, monkeypatch):
+def test_split_distillation_from_the_teacher_cache_trains_to_the_weights_of_whole_batches(
+    tmp_path, monkeypatch
+):
     monkeypatch.setattr(length_split, "PART_OVERHEAD_TOKENS", 0)
     teacher = fine_tuned_checkpoint("sequence", tmp_path)
-    modules = [distill_from_teacher_cache(tmp_path, teacher, split_by_length=split) for split in (False, True)]
+    modules = [
+        distill_from_teacher_cache(tmp_path, teacher, split_by_length=split) for split in (False, True)
+    ]
     assert [m.split_batches for m in modules] == [False, True]
     whole, split = (weights(m) for m in modules)
     for key, value in split.items():

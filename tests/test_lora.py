@@ -22,7 +22,9 @@ def pretrained(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("pretrained") / "bert"
     torch.manual_seed(0)
     config = dict(TINY)
-    AutoModelForSequenceClassification.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(folder)
+    AutoModelForSequenceClassification.from_config(
+        AutoConfig.for_model(config.pop("model_type"), **config)
+    ).save_pretrained(folder)
     return str(folder)
 
 

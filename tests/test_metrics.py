@@ -93,7 +93,9 @@ def test_glue_metrics_match_scikit_learn_on_random_data(seed):
     rng = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 2, (257,), generator=rng)
     predictions = torch.where(torch.rand(257, generator=rng) < 0.7, labels, 1 - labels)
-    metrics = task_metrics("sequence", ["not_equivalent", "equivalent"], extra=["mcc", "f1"]).clone(prefix="val/")
+    metrics = task_metrics("sequence", ["not_equivalent", "equivalent"], extra=["mcc", "f1"]).clone(
+        prefix="val/"
+    )
     for start in range(0, 257, 50):  # batches of 50 and a remainder
         metrics.update(predictions[start : start + 50], labels[start : start + 50])
     values = {k: float(v) for k, v in computed_metrics(metrics, "val/").items()}
@@ -103,9 +105,13 @@ def test_glue_metrics_match_scikit_learn_on_random_data(seed):
     assert values["val/f1_macro"] == pytest.approx(sk_f1(labels, predictions, average="macro"), abs=1e-6)
     # three classes (MNLI-like): MCC is the multiclass one; a positive-class F1 is refused
     labels3 = torch.randint(0, 3, (200,), generator=rng)
-    predictions3 = torch.where(torch.rand(200, generator=rng) < 0.6, labels3, torch.randint(0, 3, (200,), generator=rng))
+    predictions3 = torch.where(
+        torch.rand(200, generator=rng) < 0.6, labels3, torch.randint(0, 3, (200,), generator=rng)
+    )
     metrics3 = task_metrics("sequence", ["a", "b", "c"], extra=["mcc"])
     metrics3.update(predictions3, labels3)
-    assert float(metrics3.compute()["mcc"]) == pytest.approx(matthews_corrcoef(labels3, predictions3), abs=1e-6)
+    assert float(metrics3.compute()["mcc"]) == pytest.approx(
+        matthews_corrcoef(labels3, predictions3), abs=1e-6
+    )
     with pytest.raises(Exception, match="positive class's F1 of two labels"):
         task_metrics("sequence", ["a", "b", "c"], extra=["f1"])

@@ -30,7 +30,9 @@ def test_pair_encoding_and_longest_first_truncation_for_two_tokenizers(tmp_path)
         dm = SequenceClassificationDataModule(tokenizer=name, text_pair_column="text_pair", max_length=64,
                                               cache_dir=str(tmp_path / "cache"))  # fmt: skip
         tok = dm.tokenizer
-        encoded = dm.tokenize(tok, {"text": [r["text"] for r in rows], "text_pair": [r["text_pair"] for r in rows]})
+        encoded = dm.tokenize(
+            tok, {"text": [r["text"] for r in rows], "text_pair": [r["text_pair"] for r in rows]}
+        )
         ids = encoded["input_ids"][0]
         first = tok(rows[0]["text"], add_special_tokens=False)["input_ids"]
         second = tok(rows[0]["text_pair"], add_special_tokens=False)["input_ids"]
@@ -41,7 +43,13 @@ def test_pair_encoding_and_longest_first_truncation_for_two_tokenizers(tmp_path)
         # longest_first: the longer text loses tokens until the pair fits
         dm.max_length = len(second) + 3 + 5
         short = dm.tokenize(tok, {"text": [rows[0]["text"]], "text_pair": [rows[0]["text_pair"]]})
-        assert short["input_ids"][0] == [tok.cls_token_id, *first[:5], tok.sep_token_id, *second, tok.sep_token_id]
+        assert short["input_ids"][0] == [
+            tok.cls_token_id,
+            *first[:5],
+            tok.sep_token_id,
+            *second,
+            tok.sep_token_id,
+        ]
         assert short["truncated"] == [True]
 
 
@@ -70,8 +78,12 @@ def test_each_validation_split_is_scored_apart_like_mnli_matched_and_mismatched(
     accuracy and cross-entropy computed by hand from the trained model's logits."""
     dm = pair_data(tmp_path, validation_split=["validation", "test"], eval_batch_size=16)
     torch.manual_seed(0)
-    module = FineTuneModule(model_config=TINY, task="sequence", label_names=dm.label_names, learning_rate=1e-3)
-    run = trainer(max_steps=8, limit_val_batches=None)  # 64 rows / 8 = 8 steps: one epoch, validated at its end
+    module = FineTuneModule(
+        model_config=TINY, task="sequence", label_names=dm.label_names, learning_rate=1e-3
+    )
+    run = trainer(
+        max_steps=8, limit_val_batches=None
+    )  # 64 rows / 8 = 8 steps: one epoch, validated at its end
     run.fit(module, dm)
     logged = {k: float(v) for k, v in run.callback_metrics.items()}
     module.eval()
@@ -81,7 +93,9 @@ def test_each_validation_split_is_scored_apart_like_mnli_matched_and_mismatched(
             logits = module(batch).logits
         accuracy = float((logits.argmax(-1) == batch["labels"]).float().mean())
         assert logged[f"{prefix}/accuracy"] == pytest.approx(accuracy, abs=1e-6)
-        assert logged[f"{prefix}/loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, batch["labels"])), abs=1e-5)
+        assert logged[f"{prefix}/loss"] == pytest.approx(
+            float(torch.nn.functional.cross_entropy(logits, batch["labels"])), abs=1e-5
+        )
     assert logged["val/loss"] != logged["val_test/loss"]
     with pytest.raises(InputError, match="validation_split is .*distinct"):
         pair_data(tmp_path, validation_split=["validation", "validation"])
@@ -122,7 +136,9 @@ def test_demo_pairs_fine_tune_distill_across_tokenizers_export_classify_prune_an
                         "--set", "max_eval_samples=64", cwd=tmp_path)  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["agreement"] == 1.0 and parity["max_logit_diff"] < 1e-4, parity  # token types go through the graph
+    assert parity["agreement"] == 1.0 and parity["max_logit_diff"] < 1e-4, (
+        parity
+    )  # token types go through the graph
     from lightning_modules.classify import main as classify
 
     capsys.readouterr()
@@ -148,4 +164,6 @@ def test_demo_pairs_fine_tune_distill_across_tokenizers_export_classify_prune_an
                         "--latency-samples", "8", "--long-repeats", "2", "--throughput-batches", "1", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     teacher_row, onnx_row, pruned_row = json.loads((bench / "benchmark.json").read_text())["rows"]
-    assert onnx_row["accuracy"] == teacher_row["accuracy"] and pruned_row["params_m"] < teacher_row["params_m"]
+    assert (
+        onnx_row["accuracy"] == teacher_row["accuracy"] and pruned_row["params_m"] < teacher_row["params_m"]
+    )

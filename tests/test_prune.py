@@ -65,7 +65,9 @@ def test_taylor_scores_equal_the_gradient_of_an_explicit_gate(fitted):
         handles.append(layer.attention.output.dense.register_forward_pre_hook(
             lambda m, a, g=head_gate: (a[0] * g.repeat_interleave(d),)))  # fmt: skip
         handles.append(layer.output.dense.register_forward_pre_hook(lambda m, a, g=neuron_gate: (a[0] * g,)))
-    loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    loss = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
     loss.backward()
     for layer, (head_gate, neuron_gate) in zip(layers(model), gates, strict=True):
         torch.testing.assert_close(head_importance(layer), head_gate.grad, atol=1e-6, rtol=1e-4)
@@ -195,7 +197,9 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
                      "--data", str(ROOT / "configs" / "demo" / f"{task}_qat.yaml"), "--set", f"cache_dir={cache}",
                      "--set", "max_train_samples=64", cwd=tmp_path)  # fmt: skip
     assert ptq.returncode == 0, ptq.stderr[-2000:]
-    assert encoder_parameters(load_classifier(str(tmp_path / "ptq.int8.ckpt"), task, int8_ok=True)) < encoder_parameters(before)
+    assert encoder_parameters(
+        load_classifier(str(tmp_path / "ptq.int8.ckpt"), task, int8_ok=True)
+    ) < encoder_parameters(before)
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     assert int(best["state_dict"]["events_done"]) == 8  # the monitor only saw fully pruned models
     if task == "token":  # QAT and export of a pruned model: the same code for both tasks

@@ -173,7 +173,9 @@ def test_static_activation_quantization_by_hand():
     # a bf16 input (autocast) is quantized in fp32, as the deployed graph computes its levels
     xb = x.bfloat16().float()
     by_hand = (torch.clamp(torch.round(xb / step) + zero, -128, 127) - zero) * step
-    torch.testing.assert_close(quantizer(x.bfloat16()).float(), by_hand, atol=0, rtol=8e-3)  # bf16 output rounding
+    torch.testing.assert_close(
+        quantizer(x.bfloat16()).float(), by_hand, atol=0, rtol=8e-3
+    )  # bf16 output rounding
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -258,6 +260,7 @@ def test_onnx_fp32_and_int8_parity(task, scheme, head, tmp_path):
     path = export_onnx(fp32, tmp_path / "fp32.onnx")
     report = parity(pytorch_logits(fp32, input_names(fp32)), OnnxClassifier(path), batches, task)
     assert report["max_logit_diff"] < 1e-4 and report["agreement"] == 1.0, report
+
     def scored(logits, batch):  # tokens: the positions predictions are scored on (padding is not)
         logits = np.asarray(logits)
         return logits[(batch["word_ids"] >= 0).numpy()] if task == "token" else logits
@@ -284,7 +287,9 @@ def test_onnx_fp32_and_int8_parity(task, scheme, head, tmp_path):
         ops = [node.op_type for node in graph.graph.node]
         for op, per_layer in GRAPH_OPS[scheme].items():
             head_layers = head * (2 if task == "sequence" else 1)  # pooler and classifier / classifier
-            assert ops.count(op) == per_layer * TINY["num_hidden_layers"] + (head_layers if per_layer else 0), op
+            assert ops.count(op) == per_layer * TINY["num_hidden_layers"] + (
+                head_layers if per_layer else 0
+            ), op
         assert "MatMul" in ops  # attention products (and the fp32 head)
         if scheme == "static":  # every Linear's bias is inside its int8 matmul: no Add after it
             produced = {n.output[0]: n.op_type for n in graph.graph.node}
@@ -313,7 +318,9 @@ def test_a_wrong_zero_point_fails_every_parity_check(scheme, tmp_path):
     assert close(reference(str(path)).run(None, feed)[0], want, tolerance)  # the right file passes
     assert not close(reference(str(tmp_path / "wrong.onnx")).run(None, feed)[0], want, tolerance)
     for kernel in ("as-exported", "auto"):
-        assert not close(OnnxClassifier(tmp_path / "wrong.onnx", kernel=kernel)(batch).numpy(), want, tolerance)
+        assert not close(
+            OnnxClassifier(tmp_path / "wrong.onnx", kernel=kernel)(batch).numpy(), want, tolerance
+        )
 
 
 def test_kernel_choice_by_cpu_flags(tmp_path, monkeypatch):
@@ -328,7 +335,11 @@ def test_kernel_choice_by_cpu_flags(tmp_path, monkeypatch):
     files = {k: export_onnx(int8, tmp_path / f"{k}.onnx", int8_kernel=k) for k in INT8_KERNELS}
     batch = inputs()
     as_exported = OnnxClassifier(files["u8s8"], kernel="as-exported")(batch)
-    for flags, wanted in (({"avx2", "fma"}, "u8u8"), ({"avx2", "avx512_vnni"}, "u8s8"), ({"avx2", "amx_int8"}, "u8s8")):
+    for flags, wanted in (
+        ({"avx2", "fma"}, "u8u8"),
+        ({"avx2", "avx512_vnni"}, "u8s8"),
+        ({"avx2", "amx_int8"}, "u8s8"),
+    ):
         monkeypatch.setattr(export, "cpu_flags", lambda flags=flags: flags)
         for kernel, path in files.items():
             run = OnnxClassifier(path)
@@ -340,7 +351,9 @@ def test_kernel_choice_by_cpu_flags(tmp_path, monkeypatch):
             types = {i.name: i.data_type for i in graph.graph.initializer}
             for node in graph.graph.node:
                 if node.op_type == "MatMulIntegerToFloat":
-                    assert types[node.input[1]] == (TensorProto.UINT8 if wanted == "u8u8" else TensorProto.INT8)
+                    assert types[node.input[1]] == (
+                        TensorProto.UINT8 if wanted == "u8u8" else TensorProto.INT8
+                    )
                     assert (len(node.input) > 5 and node.input[5] == "int8/w_offset") == (wanted == "u8u8")
 
 
@@ -372,13 +385,18 @@ def test_fused_onnx_graphs_keep_parity(task, tmp_path):
     for name, model in (("fp32", fp32), ("int8", int8)):
         path = export_onnx(model, tmp_path / f"{name}.onnx", fuse=True)
         keep = [(b["word_ids"] >= 0).numpy() if task == "token" else slice(None) for b in batches]
-        expected = [pytorch_logits(model, input_names(model))(b).numpy()[k] for b, k in zip(batches, keep, strict=True)]
+        expected = [
+            pytorch_logits(model, input_names(model))(b).numpy()[k]
+            for b, k in zip(batches, keep, strict=True)
+        ]
         run = OnnxClassifier(path)
         got = [run(b).numpy()[k] for b, k in zip(batches, keep, strict=True)]
         assert all(close(g, want, 1e-4) for g, want in zip(got, expected, strict=True)), name
         ops = fused_ops(path)
         if name == "fp32":
-            assert ops.get("Attention") == TINY["num_hidden_layers"] and ops.get("SkipLayerNormalization"), ops
+            assert ops.get("Attention") == TINY["num_hidden_layers"] and ops.get("SkipLayerNormalization"), (
+                ops
+            )
         else:  # around the integer matmuls, only LayerNorm-level fusions apply
             assert "Attention" not in ops
     assert fp32.config._attn_implementation != "eager"  # the model's own attention is restored after export
@@ -394,14 +412,23 @@ def test_fp16_onnx_graph_keeps_ids_in_logits_out_and_fp16_accuracy(tmp_path):
     batches = [inputs(seed=s) for s in range(3)]
     path = export_onnx(model, tmp_path / "fp16.onnx", fp16=True)
     graph = load(str(path)).graph
-    floats = {i.data_type for i in graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
+    floats = {
+        i.data_type for i in graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)
+    }
     assert floats == {TensorProto.FLOAT16}
     assert {i.type.tensor_type.elem_type for i in graph.input} == {TensorProto.INT64}
     assert graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     report = parity(pytorch_logits(model, input_names(model)), OnnxClassifier(path), batches, "sequence")
     assert report["agreement"] == 1.0 and 0 < report["max_logit_diff"] < 5e-3, report  # fp16: 11-bit mantissa
-    weight_bytes = lambda g: sum(len(i.raw_data) for i in g.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16))  # noqa: E731
-    assert 2 * weight_bytes(graph) == weight_bytes(load(str(export_onnx(model, tmp_path / "fp32.onnx"))).graph)
+
+    def weight_bytes(g):
+        return sum(
+            len(i.raw_data) for i in g.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)
+        )
+
+    assert 2 * weight_bytes(graph) == weight_bytes(
+        load(str(export_onnx(model, tmp_path / "fp32.onnx"))).graph
+    )
     with pytest.raises(InputError, match="fp16 export is for fp32 models"):
         export_onnx(convert_to_int8(prepare_qat(tiny_classifier("sequence"))), tmp_path / "x.onnx", fp16=True)
 
@@ -530,7 +557,18 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     import export  # in-process: the check comes before any work
 
     with pytest.raises(SystemExit) as stop:
-        export.main(["onnx", "--model", str(int8_path), "--out", str(tmp_path / "other"), *data, "--scheme", "per-token"])
+        export.main(
+            [
+                "onnx",
+                "--model",
+                str(int8_path),
+                "--out",
+                str(tmp_path / "other"),
+                *data,
+                "--scheme",
+                "per-token",
+            ]
+        )
     error = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and "is a static int8 model, not per-token" in error[-1]
     assert not (tmp_path / "other").exists()
@@ -550,9 +588,25 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     bench = tmp_path / "bench"
     models = ["--model", f"fp32={student}", "--model", f"ptq int8={ptq}", "--model", f"qat int8={int8_path}"]
     result = run_script(
-        "benchmark.py", *models, *data, "--onnx", "--out", str(bench), "--latency-samples", "12",
-        "--long-repeats", "3", "--throughput-batches", "1", "--compile", "eager", "--ort-peers", "fp32",
-        "--calibration-rows", "32", cwd=tmp_path,
+        "benchmark.py",
+        *models,
+        *data,
+        "--onnx",
+        "--out",
+        str(bench),
+        "--latency-samples",
+        "12",
+        "--long-repeats",
+        "3",
+        "--throughput-batches",
+        "1",
+        "--compile",
+        "eager",
+        "--ort-peers",
+        "fp32",
+        "--calibration-rows",
+        "32",
+        cwd=tmp_path,
     )  # fmt: skip  (dynamo's eager backend: the compiled row without inductor's minute of kernel generation)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((bench / "benchmark.json").read_text())["rows"]
@@ -579,7 +633,10 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     assert rows[4]["retention"] == pytest.approx(rows[4]["accuracy"] / rows[0]["accuracy"], abs=1e-4)
     assert all(r["latency_ms_p50"] > 0 and r["throughput_b32"] > 0 for r in rows)
     table = (bench / "benchmark.md").read_text()  # the header and every row, the 3 compiled ones too
-    assert table.count("\n| ") == 1 + len(rows) + 3 + len(peers) and (bench / "benchmark.png").stat().st_size > 10_000
+    assert (
+        table.count("\n| ") == 1 + len(rows) + 3 + len(peers)
+        and (bench / "benchmark.png").stat().st_size > 10_000
+    )
     result = run_script("benchmark.py", "--model", f"x={tmp_path / 'missing.ckpt'}", *data, "--out", str(bench),
                         cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "does not exist" in result.stderr.strip().splitlines()[-1]

@@ -47,7 +47,9 @@ def test_regression_labels_are_numbers_and_kd_is_mse_to_the_teacher(tmp_path):
     batch = dm.collate([dict(dm.encoded_split("train")[i]) for i in range(8)])
     assert batch["labels"].dtype == torch.float32 and batch["labels"].max() > 1  # scores, not ids
     L.seed_everything(0)
-    teacher = FineTuneModule(model_config=TINY, task="sequence", label_names=dm.label_names, learning_rate=1e-3)
+    teacher = FineTuneModule(
+        model_config=TINY, task="sequence", label_names=dm.label_names, learning_rate=1e-3
+    )
     run = trainer(max_steps=3)
     run.fit(teacher, dm)
     assert teacher.model.config.num_labels == 1
@@ -90,7 +92,9 @@ def test_demo_rating_fine_tune_qat_export_and_classify(tmp_path, capsys):
     assert qat.returncode == 0, qat.stderr[-3000:]
     scores = json.loads((tmp_path / "qat" / "int8_validate_metrics.json").read_text())
     # the model's own loss is the MSE metric; the correlations are correlations
-    assert scores["val/mse"] == pytest.approx(scores["val/loss"], rel=1e-5) and -1 <= scores["val/pearson"] <= 1
+    assert (
+        scores["val/mse"] == pytest.approx(scores["val/loss"], rel=1e-5) and -1 <= scores["val/pearson"] <= 1
+    )
     out = tmp_path / "onnx-int8"
     export = run_script("export.py", "onnx", "--model", str(tmp_path / "qat" / "model"), "--out", str(out),
                         "--data", str(ROOT / "configs/demo/rating_qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",

@@ -155,7 +155,9 @@ def uninterrupted(recipe_teachers, tmp_path_factory):
     def final(stage: str, task: str) -> dict:
         if (stage, task) not in runs:
             extra = stage_extra(stage, recipe_teachers[task], tmp)
-            result = run_cli_process("fit", *recipe_args(stage, task, tmp, f"{stage}-{task}", *extra), cwd=tmp)
+            result = run_cli_process(
+                "fit", *recipe_args(stage, task, tmp, f"{stage}-{task}", *extra), cwd=tmp
+            )
             assert result.returncode == 0, result.stderr[-3000:]
             runs[stage, task] = final_state(tmp / f"{stage}-{task}")
         return runs[stage, task]
@@ -196,7 +198,10 @@ def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninter
     assert_same_training(uninterrupted(stage, task), final_state(tmp_path / "killed"), RECIPE_STEPS)
     if stage == "prune":  # the killed run had pruned 6 of 8 times: the resumed one finished the schedule
         state = final_state(tmp_path / "killed")["state_dict"]
-        assert int(state["events_done"]) == 8 and min(int(v.sum()) for k, v in state.items() if "_mask_" in k) >= 1
+        assert (
+            int(state["events_done"]) == 8
+            and min(int(v.sum()) for k, v in state.items() if "_mask_" in k) >= 1
+        )
 
 
 @pytest.mark.slow
@@ -211,7 +216,11 @@ def test_sigkill_mid_epoch_with_the_shipped_recipe_then_resume_equals_an_uninter
 )
 def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(stage, kill_at, grouped, tmp_path):
     # grouped: length-grouped batches (data.group_by_length), whose order must resume exactly too
-    extra = ["--data.init_args.group_by_length", "true"] if grouped else ["--model.init_args.split_by_length", "true"]
+    extra = (
+        ["--data.init_args.group_by_length", "true"]
+        if grouped
+        else ["--model.init_args.split_by_length", "true"]
+    )
     whole = run_cli_process("fit", *args(stage, tmp_path, "whole", *extra), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -307,7 +316,9 @@ def test_a_crash_after_an_epoch_end_resumes_from_it_exactly(grouped, tmp_path):
     crashed = run_cli("fit", *args("finetune", tmp_path, "crashed", *crash), cwd=tmp_path)
     assert crashed.returncode != 0 and "crashed at step 21" in crashed.stderr
     assert step_of(tmp_path / "crashed" / "checkpoints" / "last.ckpt") == 20  # the end of epoch 2 of 3
-    resumed = run_cli("fit", *args("finetune", tmp_path, "crashed", *epochs), "--ckpt_path", "last", cwd=tmp_path)
+    resumed = run_cli(
+        "fit", *args("finetune", tmp_path, "crashed", *epochs), "--ckpt_path", "last", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "crashed"), steps=30)
 

@@ -49,7 +49,9 @@ def test_covered_text_keeps_its_logits_and_unseen_words_are_spelled_out(fitted):
     smaller = load_trained(path).model
     prune_vocabulary(smaller, keep)
     assert smaller.get_input_embeddings().weight.shape[0] == len(keep) == len(smaller_tokenizer)
-    assert smaller.config.vocab_size == len(keep) and smaller.config.pad_token_id == keep.index(tokenizer.pad_token_id)
+    assert smaller.config.vocab_size == len(keep) and smaller.config.pad_token_id == keep.index(
+        tokenizer.pad_token_id
+    )
     # covered text (single and pairs, padded): the same ids renumbered, the same logits
     for texts in (CORPUS, [CORPUS], ["the movie", "the plot was great"]):
         args = (texts[0], texts[0][::-1]) if len(texts) == 1 else (texts,)
@@ -72,9 +74,13 @@ def test_prune_vocab_command_writes_a_standard_folder_that_int8_onnx_takes(fitte
     data = ["--data", str(ROOT / "configs" / "demo" / "sequence_qat.yaml"), "--set", f"cache_dir={tmp}",
             "--set", "max_train_samples=40", "--set", "max_eval_samples=64"]  # fmt: skip
     out = tmp / "vocab"
-    failed = run_script("export.py", "prune-vocab", "--model", path, "--out", str(out), *data, "--max-drop", "-1", cwd=tmp)
+    failed = run_script(
+        "export.py", "prune-vocab", "--model", path, "--out", str(out), *data, "--max-drop", "-1", cwd=tmp
+    )
     assert failed.returncode == 1 and "vocabulary check failed" in failed.stderr and not out.exists()
-    result = run_script("export.py", "prune-vocab", "--model", path, "--out", str(out), *data, "--max-drop", "1", cwd=tmp)
+    result = run_script(
+        "export.py", "prune-vocab", "--model", path, "--out", str(out), *data, "--max-drop", "1", cwd=tmp
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{") : result.stdout.rindex("}") + 1])
     assert report["vocabulary"] < report["of"] == len(demo_tokenizer(tmp))
@@ -88,6 +94,8 @@ def test_prune_vocab_command_writes_a_standard_folder_that_int8_onnx_takes(fitte
     again = run_script("export.py", "prune-vocab", "--model", path, "--out", str(out), *data, cwd=tmp)
     assert again.returncode == 2 and "exists: pass --overwrite" in again.stderr
     onnx = tmp / "onnx-int8"
-    export = run_script("export.py", "onnx", "--model", str(out), "--out", str(onnx), "--int8", *data, cwd=tmp)
+    export = run_script(
+        "export.py", "onnx", "--model", str(out), "--out", str(onnx), "--int8", *data, cwd=tmp
+    )
     assert export.returncode == 0, export.stderr[-2000:]
     assert json.loads((onnx / "parity.json").read_text())["agreement"] >= 0.99
