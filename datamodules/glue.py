@@ -3,7 +3,7 @@ transformers' ``run_glue.py``), label names in the hub's order, the metrics besi
 macro-F1, the metric that picks the best checkpoint, and the validation / test splits (GLUE's test
 labels are hidden, so ``test`` scores the dev set; MNLI validates on matched and mismatched, logged as
 ``val/accuracy`` and ``val_mismatched/accuracy`` like run_glue.py's two evaluations, and tests on mismatched).
-``configs/glue/TASK/data.yaml`` are written from this table (a test keeps them equal).
+``configs/TASK/data.yaml`` are written from this table (a test keeps them equal).
 STS-B is regression (labels None: one output, MSE, Pearson / Spearman / MSE)."""
 
 from __future__ import annotations

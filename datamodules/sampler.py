@@ -9,7 +9,7 @@ which re-draws the inner sampler's order at each epoch and keeps no state: a DDP
 mid-epoch got another epoch's order.
 
 ``LengthGroupedSampler`` is transformers' ``group_by_length`` (its own index function): batches of
-similar length, on SST-2 with batch 32 2.5x fewer padded tokens per epoch.
+similar length: far fewer padded tokens per epoch.
 
 Evaluation (``LongestFirstSampler``): in order of length, which no score depends on."""
 
@@ -29,7 +29,7 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, generator: tor
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     # 50 batches per mega-batch, as the Trainer uses on any set of 6,400 rows or more (it shrinks it
-    # for small sets, which pads more: 1.18x the sorted minimum instead of 1.1x on 3,000 short texts)
+    # for small sets, which pads more)
     return get_length_grouped_indices(list(lengths), batch_size, mega_batch_mult=50, generator=generator)
 
 

@@ -1,11 +1,12 @@
 from lightning_modules import quiet  # noqa: F401  (first: before anything imports torchao)
-from lightning_modules.base import ClassificationModule, build_classifier
-from lightning_modules.callbacks import PredictionWriter, ThroughputLogger
-from lightning_modules.distill import DistillationModule
-from lightning_modules.finetune import FineTuneModule
-from lightning_modules.prune import PruneModule
-from lightning_modules.qat import QATModule
-from lightning_modules.resume import ResumeCheckpoint
+from lightning_modules.artifacts.classifiers import build_classifier
+from lightning_modules.stages.base import ClassificationModule
+from lightning_modules.stages.distill import DistillationModule
+from lightning_modules.stages.finetune import FineTuneModule
+from lightning_modules.stages.prune import PruneModule
+from lightning_modules.stages.qat import QATModule
+from lightning_modules.train.callbacks import PredictionWriter, ThroughputLogger
+from lightning_modules.train.resume import ResumeCheckpoint
 
 __all__ = [
     "ClassificationModule",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
 import logging
@@ -28,11 +27,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))  # export.py and benchmark.py run in this process too
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from lightning_modules import cli  # noqa: E402
-from lightning_modules.cli import best_checkpoint_in  # noqa: E402
+from lightning_modules.commands.shrink import main as shrink_main  # noqa: E402
+from lightning_modules.train import cli  # noqa: E402
+from lightning_modules.train.cli import best_checkpoint_in  # noqa: E402
 
 TASKS = {"sequence": "test/accuracy", "token": "test/f1"}
 PAIR_TASKS = {"pair": "test/accuracy", "rating": "test/pearson"}  # review/claim pairs; 0..5 rating
@@ -44,13 +43,16 @@ STUDENT = (
 
 def shrink(*args: str) -> None:
     """One ``shrink`` command, in this process (no start-up per step), its output kept quiet."""
+    if args[0] == "fit":
+        args = (*args, "--overwrite", "true")  # the demo re-runs from scratch into its own folders
     print("$ shrink " + " ".join(args), flush=True)
     quiet(cli.main, [*args, "--trainer.enable_progress_bar", "false"])
 
 
-def script(name: str, *args: str) -> None:
-    print(f"$ python scripts/{name} " + " ".join(args), flush=True)
-    quiet(importlib.import_module(name.removesuffix(".py")).main, list(args))
+def command(name: str, *args: str) -> None:
+    """``shrink export`` / ``shrink benchmark``, in this process too."""
+    print(f"$ shrink {name} " + " ".join(args), flush=True)
+    quiet(shrink_main, [name, *args])
 
 
 def quiet(main, args: list[str]) -> None:
@@ -105,14 +107,14 @@ def main() -> None:
     for task, metric in TASKS.items():
         teacher_dir = out / f"{task}_finetune"
         rows.append(
-            (task, "teacher (fine-tuned)", *stage(f"configs/demo/{task}_finetune.yaml", teacher_dir, metric))
+            (task, "teacher (fine-tuned)", *stage(f"configs/demo-{task}/finetune.yaml", teacher_dir, metric))
         )
         rows.append(
             (
                 task,
                 "student, distilled",
                 *stage(
-                    f"configs/demo/{task}_distill.yaml",
+                    f"configs/demo-{task}/distill.yaml",
                     out / f"{task}_distill",
                     metric,
                     "--model.init_args.teacher",
@@ -125,7 +127,7 @@ def main() -> None:
                 task,
                 "student, fine-tuned alone",
                 *stage(
-                    f"configs/demo/{task}_finetune.yaml",
+                    f"configs/demo-{task}/finetune.yaml",
                     out / f"{task}_student_alone",
                     metric,
                     "--model.init_args.model_config",
@@ -139,17 +141,17 @@ def main() -> None:
         # pruning: half of the student's encoder parameters (heads and FFN neurons), recovered with KD,
         # then QAT of the smaller model from its model folder
         prune_dir = out / f"{task}_prune"
-        rows.append((task, "student, pruned 50%", *stage(f"configs/demo/{task}_prune.yaml", prune_dir, metric,
+        rows.append((task, "student, pruned 50%", *stage(f"configs/demo-{task}/prune.yaml", prune_dir, metric,
                      "--model.init_args.model_name_or_path", student, "--model.init_args.teacher", teacher)))  # fmt: skip
         pruned_qat = out / f"{task}_prune_qat"
         start = time.perf_counter()
-        shrink("fit", "--config", f"configs/demo/{task}_qat.yaml", "--out_dir", str(pruned_qat),
+        shrink("fit", "--config", f"configs/demo-{task}/qat.yaml", "--out_dir", str(pruned_qat),
                "--model.init_args.model_name_or_path", str(prune_dir / "model"), "--model.init_args.teacher", teacher)  # fmt: skip
         score = int8_score(
-            f"configs/demo/{task}_qat.yaml", pruned_qat, pruned_qat / "int8.ckpt", metric, teacher
+            f"configs/demo-{task}/qat.yaml", pruned_qat, pruned_qat / "int8.ckpt", metric, teacher
         )
         rows.append((task, "student, pruned 50%, QAT int8", score, time.perf_counter() - start, rows[-1][4]))
-        qat_config, qat_dir = f"configs/demo/{task}_qat.yaml", out / f"{task}_qat"
+        qat_config, qat_dir = f"configs/demo-{task}/qat.yaml", out / f"{task}_qat"
         start = time.perf_counter()
         shrink("fit", "--config", qat_config, "--out_dir", str(qat_dir),
                "--model.init_args.model_name_or_path", student, "--model.init_args.teacher", teacher)  # fmt: skip
@@ -158,26 +160,26 @@ def main() -> None:
         rows.append((task, "student, QAT int8", score, time.perf_counter() - start, student_parameters))
         ptq = out / f"{task}_ptq" / "int8.ckpt"
         start = time.perf_counter()
-        script("export.py", "ptq", "--model", student, "--out", str(ptq), "--overwrite", "--data", qat_config)
+        command("export", "ptq", "--model", student, "--out", str(ptq), "--overwrite", "--data", qat_config)
         score = int8_score(qat_config, out / f"{task}_ptq", ptq, metric, teacher)
         rows.append((task, "student, PTQ int8", score, time.perf_counter() - start, student_parameters))
         # the deployable int8 ONNX folders, checked against PyTorch on the validation split
         for run in (qat_dir, pruned_qat):
-            script("export.py", "onnx", "--model", str(run / "model"), "--out", str(run / "onnx-int8"),
+            command("export", "onnx", "--model", str(run / "model"), "--out", str(run / "onnx-int8"),
                    "--data", qat_config, "--overwrite")  # fmt: skip
         models = {"teacher fp32": teacher_dir / "model", "student fp32": out / f"{task}_distill" / "model",
                   "student PTQ int8": ptq, "student QAT int8": qat_dir / "model",
                   "student QAT int8 (ONNX folder)": qat_dir / "onnx-int8",
                   "student pruned 50% fp32": prune_dir / "model",
                   "student pruned 50% QAT int8 (ONNX folder)": pruned_qat / "onnx-int8"}  # fmt: skip
-        script("benchmark.py", "--data", qat_config, "--split", "test", "--out", str(out / f"{task}_benchmark"),
+        command("benchmark", "--data", qat_config, "--split", "test", "--out", str(out / f"{task}_benchmark"),
                *[arg for name, path in models.items() for arg in ("--model", f"{name}={path}")])  # fmt: skip
     for task, metric in PAIR_TASKS.items():  # sentence pairs and regression: teacher and distilled student
         teacher_dir = out / f"{task}_finetune"
         rows.append(
-            (task, "teacher (fine-tuned)", *stage(f"configs/demo/{task}_finetune.yaml", teacher_dir, metric))
+            (task, "teacher (fine-tuned)", *stage(f"configs/demo-{task}/finetune.yaml", teacher_dir, metric))
         )
-        rows.append((task, "student, distilled", *stage(f"configs/demo/{task}_distill.yaml", out / f"{task}_distill", metric,
+        rows.append((task, "student, distilled", *stage(f"configs/demo-{task}/distill.yaml", out / f"{task}_distill", metric,
                      "--model.init_args.teacher", best_checkpoint_in(teacher_dir / "checkpoints"))))  # fmt: skip
     print("\n| task | model | parameters | held-out metric | score | seconds |\n|---|---|---|---|---|---|")
     for task, model, score, seconds, parameters in rows:
@@ -200,7 +202,7 @@ The int8 ONNX folder in transformers' pipeline (pip install optimum-onnx; it nee
   classify("{sentence}")
 The same folder from the terminal:
 $ shrink-classify {onnx} '{sentence}'""")
-    from lightning_modules.classify import main as classify
+    from lightning_modules.commands.classify import main as classify
 
     classify([str(onnx), sentence])
 

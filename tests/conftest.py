@@ -4,7 +4,6 @@ process of its own) on a tiny from-scratch BERT and the embedded demo data (offl
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import logging
 import os
@@ -24,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # offline W&B and hub in every command; warnings off so stderr holds only our messages
 ENV_OVERRIDES = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 ENV = dict(os.environ, **ENV_OVERRIDES)
-sys.path.insert(0, str(ROOT / "scripts"))  # export.py, benchmark.py: run in-process by run_script
 
 
 @dataclass
@@ -69,14 +67,15 @@ def run_in_process(main, args: list[str], cwd: Path) -> Result:
 
 
 def run_script(name: str, *args: str, cwd: Path, timeout: int = 600) -> Result:
-    """``python scripts/<name> args...``, run in this process."""
-    module = importlib.import_module(Path(name).stem)
-    return run_in_process(module.main, list(args), cwd)
+    """``shrink <name> args...`` (``export.py`` or ``export``: the installed command), run in this process."""
+    from lightning_modules.commands.shrink import main
+
+    return run_in_process(main, [Path(name).stem, *args], cwd)
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> Result:
-    """The ``shrink`` command, run in this process (``lightning_modules.cli.main``)."""
-    from lightning_modules import cli
+    """The ``shrink`` command, run in this process (``lightning_modules.train.cli.main``)."""
+    from lightning_modules.train import cli
 
     return run_in_process(cli.main, list(args), cwd)
 
@@ -98,7 +97,7 @@ def tiny_args(task: str, tmp: Path, *extra: str) -> list[str]:
     """CLI arguments for a short run of the demo config (its 0.5M-parameter BERT) of ``task`` ("sequence" or "token") writing under ``tmp``."""
     return [
         "--config",
-        str(ROOT / "configs" / "demo" / f"{task}_finetune.yaml"),
+        str(ROOT / "configs" / f"demo-{task}" / "finetune.yaml"),
         "--data.init_args.max_eval_samples",
         "64",
         "--data.init_args.cache_dir",

@@ -12,19 +12,18 @@ import onnxruntime
 import pytest
 import torch
 
-from lightning_modules import cli
-from lightning_modules.classify import main as classify_main
+from lightning_modules.commands import benchmark, export
+from lightning_modules.commands.classify import main as classify_main
+from lightning_modules.train import cli
 from tests.conftest import ROOT
 from tests.test_deliverables import csv_only
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import benchmark  # noqa: E402
-import export  # noqa: E402
 
-
-def demo(task: str, stage: str, tmp: Path, *extra: str) -> list[str]:
+def demo(task: str, stage: str, tmp: Path, *extra: str, overwrite: bool = True) -> list[str]:
+    """A short demo fit; ``overwrite``: into a folder that may hold an earlier run (each case's own error first)."""
     return [
-        "--config", str(ROOT / "configs" / "demo" / f"{task}_{stage}.yaml"), "--config", csv_only(tmp),
+        "--config", str(ROOT / "configs" / f"demo-{task}" / f"{stage}.yaml"), "--config", csv_only(tmp),
+        *(["--overwrite", "true"] if overwrite else []),
         "--data.init_args.max_train_samples", "64", "--data.init_args.max_eval_samples", "32",
         "--data.init_args.cache_dir", str(tmp / "cache"), "--out_dir", str(tmp / f"{task}_{stage}"),
         "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
@@ -46,8 +45,9 @@ def runs(tmp_path_factory) -> Path:
     (tmp / "not_a_dir").write_text("a file")
     (tmp / "not_yaml.yaml").write_text("trainer: [unclosed\n  max_epochs: : 3\n")
     from datamodules.demo import demo_tokenizer
-    from lightning_modules.model_folder import load_trained, write_model_folder
-    from lightning_modules.quantize import convert_to_int8
+    from lightning_modules.artifacts.classifiers import load_trained
+    from lightning_modules.artifacts.model_folder import write_model_folder
+    from lightning_modules.methods.quantize import convert_to_int8
 
     int8 = convert_to_int8(load_trained(str(tmp / "sequence_finetune" / "model")).model)
     quantization = {"scheme": "per-token", "embeddings": True, "head": False}
@@ -74,12 +74,18 @@ def cases(tmp: Path) -> dict[str, tuple]:
     distill = lambda *extra: ("fit", demo(seq, "distill", tmp, "--model.init_args.teacher", teacher, *extra))  # noqa: E731
     return {
         # the issue's ten
+        # nothing lost: a fresh fit into a finished run's folder, labels twice, inputs past the positions
+        "holds an earlier run": ("fit", demo(seq, "finetune", tmp, overwrite=False)),
+        "data.label_names names ['positive'] more than once": (
+            "fit", demo(seq, "finetune", tmp, "--data.init_args.label_names", "[negative, positive, positive]")),
+        "data.max_length 512 is longer than the model's 128 positions": (
+            "fit", demo(seq, "finetune", tmp, "--data.init_args.max_length", "512")),
         "model.learning_rate is -1": ("fit", demo(seq, "finetune", tmp, "--model.init_args.learning_rate", "-1")),
         "data.batch_size is 0": ("fit", demo(seq, "finetune", tmp, "--data.init_args.batch_size", "0")),
         "is not UTF-8": ("fit", demo(seq, "finetune", tmp, *files(tmp / "latin1.tsv"))),
         "has 3 'tokens' but 2 'tags'": ("fit", demo(tok, "finetune", tmp, *files(tmp / "mismatch.jsonl"))),
         "is a file: give a folder": ("fit", demo(seq, "finetune", tmp, "--out_dir", str(tmp / "not_a_dir"))),
-        "--threads is 0": ("benchmark", ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"), "--out",
+        "--threads is 0": ("benchmark", ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"), "--out",
                                          str(tmp / "bench"), "--threads", "0", "--model", f"t={teacher}"]),
         "pickled Python objects": distill()[:1] + (demo(seq, "distill", tmp, "--model.init_args.teacher",
                                                         str(tmp / "pickled.ckpt")),),
@@ -106,14 +112,14 @@ def cases(tmp: Path) -> dict[str, tuple]:
                                                 str(tmp / "int8_model"), "--model.init_args.teacher", "null")),
         "input 2 is empty": ("classify", [str(tmp / "sequence_finetune" / "model"), "fine", " "]),
         "fp16 export is for fp32 models": ("export", ["onnx", "--model", str(tmp / "int8_model"), "--out", str(tmp / "fp16"),
-                                                 "--data", str(ROOT / "configs/demo/sequence_qat.yaml"), "--fp16"]),
+                                                 "--data", str(ROOT / "configs/demo-sequence/qat.yaml"), "--fp16"]),
         "prune the vocabulary of its fp32 model": ("export", ["prune-vocab", "--model", str(tmp / "int8_model"),
-            "--out", str(tmp / "vocab"), "--data", str(ROOT / "configs/demo/sequence_qat.yaml")]),
+            "--out", str(tmp / "vocab"), "--data", str(ROOT / "configs/demo-sequence/qat.yaml")]),
         # GPU paths asked for on a machine without them (where they exist, these are not errors)
-        **({"has no CUDAExecutionProvider": ("benchmark", ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"),
+        **({"has no CUDAExecutionProvider": ("benchmark", ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"),
              "--out", str(tmp / "bench"), "--provider", "cuda", "--model", f"t={teacher}"])}
            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers() else {}),
-        **({"torch sees no CUDA device": ("benchmark", ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"),
+        **({"torch sees no CUDA device": ("benchmark", ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"),
              "--out", str(tmp / "bench"), "--device", "cuda", "--model", f"t={teacher}"])}
            if not torch.cuda.is_available() else {}),
     }  # fmt: skip
@@ -163,3 +169,37 @@ def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(runs, capsys, mon
     assert "trainer.precision bf16-mixed -> 32: this CPU has no bf16 instructions" in err
     saved = max((runs / "csv").rglob("config.yaml"), key=lambda p: p.stat().st_mtime).read_text()
     assert "precision: 32-true" in saved and "bf16-mixed" not in saved  # what the trainer ran with
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_last_one(runs, capsys, monkeypatch):
+    """The disk fills up on the second checkpoint write (as on a 12 MB tmpfs: torch's zip writer fails
+    with ``unexpected pos`` over ENOSPC): one line naming the folder, the size and --ckpt_path last;
+    the first last.ckpt stays intact and loadable."""
+    import errno
+
+    from lightning_modules.artifacts import checkpoints
+
+    writes = []
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        writes.append(f)
+        if len(writes) == 2:
+            f.write(b"PK" + b"\0" * 1000)  # a torn start, as a filling disk leaves it
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64") from OSError(
+                errno.ENOSPC, "No space left on device"
+            )
+        return real_save(obj, f, *args, **kwargs)
+
+    out = runs / "full_disk"
+    args = demo("sequence", "finetune", runs, "--out_dir", str(out), "--trainer.max_epochs", "2")
+    monkeypatch.setattr(checkpoints.torch, "save", save)
+    assert run("fit", args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: no space left on the disk of " + str(out / "checkpoints")), last
+    assert "MB needed" in last and "--ckpt_path last" in last
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
+    saved = list((out / "checkpoints").glob("*.ckpt"))
+    assert saved and not list((out / "checkpoints").glob(".*tmp*"))  # no torn temporary file left
+    for path in saved:
+        assert "state_dict" in checkpoints.check_checkpoint(str(path))  # intact: they load

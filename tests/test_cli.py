@@ -150,7 +150,7 @@ def test_bad_input_is_one_line_nonzero_and_overwrites_nothing(tmp_path, case):
     extra, expected = BAD_INPUTS[case]
     task = "token" if case == "conll columns" else "sequence"
     args = tiny_args(task, tmp_path, *[a.replace("TMP", str(tmp_path)) for a in extra])
-    result = run_cli("fit", *args, cwd=tmp_path)
+    result = run_cli("fit", *args, "--overwrite", "true", cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert expected in result.stderr, result.stderr[-3000:]

@@ -46,7 +46,7 @@ def test_wandb_gets_losses_kd_terms_lr_throughput_and_config_but_not_the_api_key
     teacher = run_cli("fit", *tiny_args("sequence", tmp_path, "--trainer.max_epochs", "1"), cwd=tmp_path)
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     args = [
-        "--config", str(ROOT / "configs" / "demo" / "sequence_distill.yaml"),
+        "--config", str(ROOT / "configs" / "demo-sequence" / "distill.yaml"),
         "--model.init_args.teacher", str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
         "--model.init_args.cache_dir", str(tmp_path / "cache"),
         "--data.init_args.cache_dir", str(tmp_path / "cache"),

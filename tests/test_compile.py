@@ -3,7 +3,7 @@ names (so checkpoints and model folders), resumes mid-epoch exactly in bf16-mixe
 the teacher cache; the stages that train eager refuse it with one line. These use dynamo's ``eager``
 backend: the same graph capture, guards and recompiles as inductor, without AOT autograd and kernel
 generation (5 s here; ``aot_eager`` 11 s, inductor 80 s on 2 cores). DDP with ``aot_eager`` is in
-test_ddp; inductor's speed is measured by ``scripts/bench_vs_trainer.py --compile``."""
+test_ddp; inductor's speed is measured by ``scripts/bench/bench_vs_trainer.py --compile``."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def test_auto_compiles_with_inductor_only_for_bf16_on_a_cpu_with_amx(tmp_path, m
     """``torch_compile: auto`` (the SST-2 / CoNLL / GLUE recipes) compiles where it was measured to pay:
     bf16 on AMX with random batches (2x per step); not on length-grouped batches there (1.0x), not on
     an AVX-512 bf16 CPU without AMX (AMD Zen 4: 1.07x), nor in fp32."""
-    from lightning_modules import base, export
+    from lightning_modules.stages import base
+    from lightning_modules.train import auto
 
     cases = [  # CPU flags, precision, backend
         ({"avx512f", "avx512_bf16", "amx_bf16"}, "bf16-mixed", "inductor"),
@@ -91,14 +92,14 @@ def test_auto_compiles_with_inductor_only_for_bf16_on_a_cpu_with_amx(tmp_path, m
         (set(), "bf16-mixed", None),
     ]
     for flags, precision, backend in cases:
-        monkeypatch.setattr(export, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(auto, "cpu_flags", lambda flags=flags: flags)
         run = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False)
         assert base.compile_backend("auto", run) == backend, (flags, precision)
         assert base.compile_backend("auto", run, grouped=True) is None
     for value, backend in ((True, "inductor"), ("aot_eager", "aot_eager"), (False, None)):
         assert base.compile_backend(value, run) == backend
     # through a real fit on an AMX CPU in bf16: length-grouped batches (the recipes'), so it trains eager
-    monkeypatch.setattr(export, "cpu_flags", lambda: {"amx_bf16"})
+    monkeypatch.setattr(auto, "cpu_flags", lambda: {"amx_bf16"})
     L.seed_everything(0)
     dm = datamodule("sequence", tmp_path / "cache", group_by_length=True)
     module = FineTuneModule(

@@ -30,7 +30,7 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
     teacher = run_cli(
         "fit",
         "--config",
-        str(ROOT / "configs" / "demo" / "sequence_finetune.yaml"),
+        str(ROOT / "configs" / "demo-sequence" / "finetune.yaml"),
         "--out_dir",
         str(tmp_path / "teacher"),
         *small,
@@ -42,7 +42,7 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
     scored = ["--model.init_args.metrics", "[mcc]", "--data.init_args.validation_split", "[validation, test]"]
     args = [
         "--config",
-        str(ROOT / "configs" / "demo" / "sequence_distill.yaml"),
+        str(ROOT / "configs" / "demo-sequence" / "distill.yaml"),
         "--model.init_args.teacher",
         str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
         "--trainer.strategy",
@@ -98,11 +98,11 @@ def test_prune_ddp_two_processes_makes_the_same_decisions_on_both_ranks(tmp_path
     checkpoint holds the full schedule."""
     small = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
              "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    teacher = run_cli("fit", "--config", str(ROOT / "configs" / "demo" / "sequence_finetune.yaml"),
+    teacher = run_cli("fit", "--config", str(ROOT / "configs" / "demo-sequence" / "finetune.yaml"),
                       "--out_dir", str(tmp_path / "teacher"), "--trainer.max_epochs", "1", *small, cwd=tmp_path)  # fmt: skip
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     args = [
-        "--config", str(ROOT / "configs" / "demo" / "sequence_prune.yaml"),
+        "--config", str(ROOT / "configs" / "demo-sequence" / "prune.yaml"),
         "--model.init_args.model_name_or_path", str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
         "--model.init_args.teacher", "null", "--model.init_args.pruning_end", "1.0",
         "--model.init_args.cache_dir", str(tmp_path / "cache"),

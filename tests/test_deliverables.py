@@ -16,15 +16,12 @@ import pytest
 import torch
 
 from datamodules.demo import demo_split, demo_tokenizer
-from lightning_modules import cli
-from lightning_modules.classify import entities, word_spans
-from lightning_modules.classify import main as classify_main
-from lightning_modules.export import has_int8_dot
+from lightning_modules.commands import benchmark, export
+from lightning_modules.commands.classify import entities, word_spans
+from lightning_modules.commands.classify import main as classify_main
+from lightning_modules.cpu import has_int8_dot
+from lightning_modules.train import cli
 from tests.conftest import ENV, ROOT, run_cli, run_script
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import benchmark  # noqa: E402
-import export  # noqa: E402
 
 
 def csv_only(tmp: Path) -> str:
@@ -38,7 +35,7 @@ def csv_only(tmp: Path) -> str:
 
 def fit_args(task: str, tmp: Path, tokenizer: str, *extra: str) -> list[str]:
     return [
-        "--config", str(ROOT / "configs" / "demo" / f"{task}_finetune.yaml"),
+        "--config", str(ROOT / "configs" / f"demo-{task}" / "finetune.yaml"),
         "--config", csv_only(tmp),
         "--data.init_args.tokenizer", tokenizer,
         "--data.init_args.max_train_samples", "640",
@@ -122,7 +119,7 @@ def test_a_moved_checkpoint_exports_benchmarks_and_teaches_without_its_tokenizer
     shutil.copy(tmp / "run" / "checkpoints" / "last.ckpt", moved)
     shutil.move(tmp / "tokenizer", tmp / "tokenizer.gone")  # the path the checkpoint was trained with
     try:
-        config = str(ROOT / "configs" / "demo" / f"{task}_qat.yaml")
+        config = str(ROOT / "configs" / f"demo-{task}" / "qat.yaml")
         cache = f"cache_dir={tmp / 'cache'}"
         onnx = tmp / "elsewhere" / "onnx"
         export.main(["onnx", "--model", str(moved), "--out", str(onnx), "--data", config, "--set", cache,
@@ -135,7 +132,7 @@ def test_a_moved_checkpoint_exports_benchmarks_and_teaches_without_its_tokenizer
         assert [r["runtime"] for r in rows] == ["pytorch", "onnxruntime"] and rows[1]["retention"] == 1.0
         # distill from the moved teacher with the same vocabulary under another name ("demo")
         distill = [
-            "--config", str(ROOT / "configs" / "demo" / f"{task}_distill.yaml"), "--config", csv_only(tmp),
+            "--config", str(ROOT / "configs" / f"demo-{task}" / "distill.yaml"), "--config", csv_only(tmp),
             "--model.init_args.teacher", str(moved), "--data.init_args.max_train_samples", "64",
             "--data.init_args.max_eval_samples", "32", "--data.init_args.cache_dir", str(tmp / "cache"),
             "--model.init_args.cache_dir", str(tmp / "cache"), "--out_dir", str(tmp / "distill"),
@@ -165,7 +162,7 @@ def test_a_moved_checkpoint_exports_benchmarks_and_teaches_without_its_tokenizer
 
 def test_onnx_folder_and_shrink_classify_on_raw_text(fitted, tmp_path, capsys):
     task, tmp, _ = fitted
-    config = str(ROOT / "configs" / "demo" / f"{task}_qat.yaml")
+    config = str(ROOT / "configs" / f"demo-{task}" / "qat.yaml")
     out = tmp_path / "onnx-int8"
     export.main(["onnx", "--model", str(tmp / "run" / "model"), "--out", str(out), "--data", config, "--int8",
                  "--set", f"cache_dir={tmp / 'cache'}", "--set", "max_eval_samples=64"])  # fmt: skip
@@ -241,8 +238,9 @@ def test_entities_from_word_tags_by_hand():
 def test_int8_folder_reloads_as_the_identical_int8_model(tmp_path):
     """QAT / PTQ folders hold the int8 weights dequantized: re-quantizing them gives the same int8
     tensors and the same logits."""
-    from lightning_modules.model_folder import load_trained, write_model_folder
-    from lightning_modules.quantize import convert_to_int8, prepare_qat
+    from lightning_modules.artifacts.classifiers import load_trained
+    from lightning_modules.artifacts.model_folder import write_model_folder
+    from lightning_modules.methods.quantize import convert_to_int8, prepare_qat
     from tests.test_quantize import inputs, tiny_classifier
 
     int8 = convert_to_int8(prepare_qat(tiny_classifier("sequence")))
@@ -275,8 +273,8 @@ def test_scripts_read_a_data_section_as_shrink_does(tmp_path):
 
     from datamodules import InputError, datamodule_from_config
 
-    values = yaml.safe_load((ROOT / "configs" / "demo" / "token_qat.yaml").read_text())
-    values["data"] = yaml.safe_load((ROOT / "configs" / "demo" / values["data"]).read_text())  # inline
+    values = yaml.safe_load((ROOT / "configs" / "demo-token" / "qat.yaml").read_text())
+    values["data"] = yaml.safe_load((ROOT / "configs" / "demo-token" / values["data"]).read_text())  # inline
     values["data"]["class_path"] = "TokenClassificationDataModule"
     path = tmp_path / "short.yaml"
     path.write_text(yaml.safe_dump(values))

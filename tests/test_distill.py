@@ -10,7 +10,7 @@ import torch
 
 from datamodules import InputError, SequenceClassificationDataModule, TokenClassificationDataModule
 from lightning_modules import DistillationModule, FineTuneModule
-from lightning_modules.losses import kd_loss, per_word
+from lightning_modules.methods.losses import kd_loss, per_word
 from tests.conftest import ROOT, run_cli
 
 TINY = {
@@ -332,7 +332,7 @@ def test_distill_via_cli(teacher, tmp_path):
     task, cache, path = teacher
     args = [
         "--config",
-        str(ROOT / "configs" / "demo" / f"{task}_distill.yaml"),
+        str(ROOT / "configs" / f"demo-{task}" / "distill.yaml"),
         "--model.init_args.teacher",
         path,
         "--model.init_args.student_config",
@@ -355,6 +355,7 @@ def test_distill_via_cli(teacher, tmp_path):
     result = run_cli("fit", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    args = [*args, "--overwrite", "true"]  # the bad inputs below, into the folder of the run above
     result = run_cli("fit", *args, "--model.init_args.student_layers", "[9]", cwd=tmp_path)
     assert result.returncode == 2 and "student_layers [9] names layers outside 0..1" in result.stderr
     # the teacher was fine-tuned on the demo tokenizer: tokenizing for it with another is refused
@@ -367,7 +368,7 @@ def test_distill_via_cli(teacher, tmp_path):
 
 
 def test_hidden_and_attention_losses_by_hand():
-    from lightning_modules.losses import attention_loss, hidden_state_loss
+    from lightning_modules.methods.losses import attention_loss, hidden_state_loss
 
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 3, 4), torch.randn(2, 3, 6)

@@ -37,7 +37,7 @@ def test_16_mixed_compiled_on_cuda_keeps_the_scaler_and_resumes_mid_epoch(tmp_pa
 
 def test_benchmark_on_cuda_scores_what_the_cpu_scores(tmp_path):
     checkpoint = fine_tuned_checkpoint("sequence", tmp_path)
-    data = ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"), "--set", f"cache_dir={tmp_path}",
+    data = ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"), "--set", f"cache_dir={tmp_path}",
             "--latency-samples", "8", "--long-repeats", "2", "--throughput-batches", "1"]  # fmt: skip
     rows = {}
     for device in ("cpu", "cuda"):
@@ -52,7 +52,7 @@ def test_benchmark_on_cuda_scores_what_the_cpu_scores(tmp_path):
 @pytest.mark.skipif(not ORT_CUDA, reason="needs onnxruntime-gpu")
 def test_fp16_onnx_on_the_cuda_provider_keeps_parity(tmp_path):
     checkpoint = fine_tuned_checkpoint("sequence", tmp_path)
-    data = ["--data", str(ROOT / "configs/demo/sequence_qat.yaml"), "--set", f"cache_dir={tmp_path}"]
+    data = ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"), "--set", f"cache_dir={tmp_path}"]
     out = tmp_path / "onnx-fp16"
     export = run_script("export.py", "onnx", "--model", checkpoint, "--out", str(out), *data, "--fp16",
                         "--provider", "cuda", cwd=tmp_path)  # fmt: skip

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from datamodules import InputError
-from lightning_modules import DistillationModule, FineTuneModule, QATModule, length_split
+from lightning_modules import DistillationModule, FineTuneModule, QATModule
+from lightning_modules.methods import length_split
 from tests.test_compile import ONE_LAYER, distill_from_teacher_cache, weights
 from tests.test_distill import STUDENT, TINY, datamodule, fine_tuned_checkpoint, trainer
 

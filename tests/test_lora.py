@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_modules import FineTuneModule
-from lightning_modules.base import load_classifier
+from lightning_modules.artifacts.classifiers import load_classifier
 from tests.conftest import ROOT, run_cli
 from tests.test_distill import TINY, datamodule
 
@@ -53,7 +53,7 @@ def test_merged_lora_model_gives_the_adapter_models_logits(pretrained, tmp_path)
 
 def test_lora_recipe_checkpoints_hold_adapters_and_the_folder_is_merged(pretrained, tmp_path):
     run = tmp_path / "run"
-    result = run_cli("fit", "--config", str(ROOT / "configs/demo/sequence_finetune.yaml"),
+    result = run_cli("fit", "--config", str(ROOT / "configs/demo-sequence/finetune.yaml"),
                      "--model.init_args.model_config", "null", "--model.init_args.model_name_or_path", pretrained,
                      "--model.init_args.lora", "{r: 4, lora_alpha: 8}", "--trainer.max_epochs", "1",
                      "--data.init_args.max_train_samples", "96", "--data.init_args.max_eval_samples", "32",
@@ -66,14 +66,14 @@ def test_lora_recipe_checkpoints_hold_adapters_and_the_folder_is_merged(pretrain
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
     # resuming rebuilds the frozen base and loads the adapters: test the best checkpoint
-    tested = run_cli("test", "--config", str(ROOT / "configs/demo/sequence_finetune.yaml"),
+    tested = run_cli("test", "--config", str(ROOT / "configs/demo-sequence/finetune.yaml"),
                      "--model.init_args.model_config", "null", "--model.init_args.model_name_or_path", pretrained,
                      "--model.init_args.lora", "{r: 4, lora_alpha: 8}", "--data.init_args.max_eval_samples", "32",
                      "--data.init_args.cache_dir", str(tmp_path / "cache"), "--out_dir", str(run), "--ckpt_path", "best",
                      cwd=tmp_path)  # fmt: skip
     assert tested.returncode == 0, tested.stderr[-3000:]
     # the adapter checkpoint is not a model: one line pointing at the folder
-    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo/sequence_distill.yaml"),
+    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo-sequence/distill.yaml"),
                       "--model.init_args.teacher", str(run / "checkpoints" / "last.ckpt"), "--out_dir", str(tmp_path / "s"),
                       "--data.init_args.cache_dir", str(tmp_path / "cache"), cwd=tmp_path)  # fmt: skip
     assert teacher.returncode == 2 and "holds LoRA adapters only" in teacher.stderr

@@ -4,7 +4,7 @@ import pytest
 from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from lightning_modules.metrics import EntityF1, entities, entity_types
+from lightning_modules.methods.metrics import EntityF1, entities, entity_types
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 
@@ -88,7 +88,7 @@ def test_glue_metrics_match_scikit_learn_on_random_data(seed):
     from sklearn.metrics import accuracy_score, matthews_corrcoef
     from sklearn.metrics import f1_score as sk_f1
 
-    from lightning_modules.base import computed_metrics, task_metrics
+    from lightning_modules.methods.task_metrics import computed_metrics, task_metrics
 
     rng = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 2, (257,), generator=rng)

@@ -1,5 +1,5 @@
 """ONNX folders in the ecosystem: optimum's ``ORTModelFor{Sequence,Token}Classification`` loads the
-fp32 and int8 folders of ``scripts/export.py onnx`` and runs them inside ``transformers.pipeline``,
+fp32 and int8 folders of ``shrink export onnx`` and runs them inside ``transformers.pipeline``,
 with the same predictions as ``shrink-classify``. optimum-onnx 0.1.0 needs transformers < 4.58, so
 it runs in a virtual environment of its own (this project's packages, with transformers 4.57 and
 optimum installed over them), in a subprocess that never imports shrink."""
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules import cli
-from lightning_modules.classify import Classifier
+from lightning_modules.commands.classify import Classifier
+from lightning_modules.train import cli
 from tests.conftest import ENV, ROOT, run_script
 from tests.test_deliverables import csv_only
 
@@ -56,7 +56,7 @@ def optimum_python() -> str:
 @pytest.mark.parametrize("task", ["sequence", "token"])
 def test_optimum_runs_the_fp32_and_int8_onnx_folders_in_a_pipeline(task, optimum_python, tmp_path):
     args = [
-        "--config", str(ROOT / "configs" / "demo" / f"{task}_finetune.yaml"), "--config", csv_only(tmp_path),
+        "--config", str(ROOT / "configs" / f"demo-{task}" / "finetune.yaml"), "--config", csv_only(tmp_path),
         "--data.init_args.max_train_samples", "640", "--data.init_args.max_eval_samples", "64",
         "--data.init_args.cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "run"),
         "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
@@ -68,7 +68,7 @@ def test_optimum_runs_the_fp32_and_int8_onnx_folders_in_a_pipeline(task, optimum
         folder = tmp_path / f"onnx-{name}"
         result = run_script(
             "export.py", "onnx", "--model", str(tmp_path / "run" / "model"), "--out", str(folder),
-            "--data", str(ROOT / "configs" / "demo" / f"{task}_qat.yaml"),
+            "--data", str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"),
             "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "max_eval_samples=64", *extra, cwd=tmp_path,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]

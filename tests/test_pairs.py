@@ -12,7 +12,7 @@ import torch
 
 from datamodules import InputError, SequenceClassificationDataModule
 from lightning_modules import FineTuneModule
-from lightning_modules.losses import per_word
+from lightning_modules.methods.losses import per_word
 from tests.conftest import ROOT, run_cli, run_script
 from tests.test_distill import TINY, other_tokenizer, trainer
 
@@ -117,12 +117,12 @@ def test_an_empty_second_text_is_one_line(tmp_path):
 def test_demo_pairs_fine_tune_distill_across_tokenizers_export_classify_prune_and_benchmark(tmp_path, capsys):
     common = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
               "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo/pair_finetune.yaml"), *common,
+    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo-pair/finetune.yaml"), *common,
                       "--trainer.max_epochs", "1", "--out_dir", str(tmp_path / "teacher"), cwd=tmp_path)  # fmt: skip
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     teacher_ckpt = str(tmp_path / "teacher" / "checkpoints" / "last.ckpt")
     # the student tokenizes with its own (lowercasing) WordPiece; the teacher keeps the demo one
-    student = run_cli("fit", "--config", str(ROOT / "configs/demo/pair_distill.yaml"), *common,
+    student = run_cli("fit", "--config", str(ROOT / "configs/demo-pair/distill.yaml"), *common,
                       "--model.init_args.teacher", teacher_ckpt, "--data.init_args.tokenizer",
                       other_tokenizer(tmp_path / "tok"), "--data.init_args.teacher_tokenizer", "demo",
                       "--model.init_args.cache_dir", str(tmp_path / "cache"), "--model.init_args.student_config",
@@ -132,14 +132,14 @@ def test_demo_pairs_fine_tune_distill_across_tokenizers_export_classify_prune_an
     assert student.returncode == 0, student.stderr[-3000:]
     out = tmp_path / "onnx"  # fp32: int8 export of pairs is the rating test's
     export = run_script("export.py", "onnx", "--model", str(tmp_path / "teacher" / "model"), "--out", str(out),
-                        "--data", str(ROOT / "configs/demo/pair_qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",
+                        "--data", str(ROOT / "configs/demo-pair/qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",
                         "--set", "max_eval_samples=64", cwd=tmp_path)  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     parity = json.loads((out / "parity.json").read_text())
     assert parity["agreement"] == 1.0 and parity["max_logit_diff"] < 1e-4, (
         parity
     )  # token types go through the graph
-    from lightning_modules.classify import main as classify
+    from lightning_modules.commands.classify import main as classify
 
     capsys.readouterr()
     review, claim = "the movie was not good .", "the plot is bad ."
@@ -151,15 +151,15 @@ def test_demo_pairs_fine_tune_distill_across_tokenizers_export_classify_prune_an
         assert outputs[model]["label"] in ("same_subject", "other_subject")
     # pruning takes pairs too (self-distilled: the unpruned teacher teaches), and the benchmark times
     # real pair lengths: the fp32 ONNX folder scores what the PyTorch teacher scores
-    pruned = run_cli("fit", "--config", str(ROOT / "configs/demo/sequence_prune.yaml"), "--data",
-                     str(ROOT / "configs/demo/pair_data.yaml"), *common, "--model.init_args.model_name_or_path",
+    pruned = run_cli("fit", "--config", str(ROOT / "configs/demo-sequence/prune.yaml"), "--data",
+                     str(ROOT / "configs/demo-pair/data.yaml"), *common, "--model.init_args.model_name_or_path",
                      teacher_ckpt, "--model.init_args.teacher", "null", "--model.init_args.cache_dir",
                      str(tmp_path / "cache"), "--trainer.max_epochs", "4", "--out_dir", str(tmp_path / "pruned"),
                      cwd=tmp_path)  # fmt: skip
     assert pruned.returncode == 0, pruned.stderr[-3000:]
     bench = tmp_path / "bench"
     result = run_script("benchmark.py", "--model", f"teacher={tmp_path / 'teacher' / 'model'}", "--model", f"onnx={out}",
-                        "--model", f"pruned={tmp_path / 'pruned' / 'model'}", "--data", str(ROOT / "configs/demo/pair_qat.yaml"),
+                        "--model", f"pruned={tmp_path / 'pruned' / 'model'}", "--data", str(ROOT / "configs/demo-pair/qat.yaml"),
                         "--set", f"cache_dir={tmp_path / 'cache'}", "--max-eval-samples", "64", "--out", str(bench),
                         "--latency-samples", "8", "--long-repeats", "2", "--throughput-batches", "1", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

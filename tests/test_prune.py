@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from lightning_modules import PruneModule
-from lightning_modules.base import load_classifier
-from lightning_modules.model_folder import write_model_folder
-from lightning_modules.pruning import (
+from lightning_modules.artifacts.classifiers import load_classifier
+from lightning_modules.artifacts.model_folder import write_model_folder
+from lightning_modules.methods.pruning import (
     encoder_flops,
     encoder_parameters,
     head_importance,
+    head_size,
     layers,
     neuron_importance,
     unit_parameters,
@@ -137,6 +138,42 @@ def test_a_pruned_folder_loads_in_transformers_with_its_remote_code_only(fitted,
 
 
 @pytest.mark.parametrize("fitted", ["sequence"], indirect=True)
+def test_scores_accumulate_the_magnitude_and_the_least_important_heads_go(fitted):
+    """What training does between events: each optimizer step adds |dL/d gate| (the explicit gates'
+    gradients, as above) to the scores, and an event removes the units with the lowest scores, never
+    the highest (a negated score would remove the most important heads and still reach the target)."""
+    task, dm, batch, module = unpruned(fitted)
+    model = module.model
+    d = head_size(model)
+    gates = [torch.ones(4, requires_grad=True) for _ in layers(model)]
+    handles = [layer.attention.output.dense.register_forward_pre_hook(
+        lambda m, a, g=g: (a[0] * g.repeat_interleave(d),)) for layer, g in zip(layers(model), gates, strict=True)]  # fmt: skip
+    model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss.backward()
+    for handle in handles:
+        handle.remove()
+    module.on_before_optimizer_step(None)
+    module.on_before_optimizer_step(None)  # a second step with the same gradients: twice the score
+    for i, gate in enumerate(gates):
+        torch.testing.assert_close(
+            getattr(module, f"head_score_{i}"), 2 * gate.grad.abs(), atol=1e-6, rtol=1e-4
+        )
+    # an event on those scores: the heads removed are the lowest-scoring (per-layer normalised) ones
+    scores = [getattr(module, f"head_score_{i}").clone() for i in range(len(gates))]
+    normalised = torch.cat([s / s.norm() for s in scores])
+    module.log_pruning = lambda: None  # no trainer attached: nothing to log to
+    module.trainer = type("Single", (), {"world_size": 1})()
+    module.prune_step(module.pruning_events)  # the last event: the whole target
+    removed = torch.cat(module.masks("head")) == 0
+    assert 0 < int(removed.sum()) < len(removed)
+    assert normalised[removed].max() <= normalised[~removed].max()
+    # every removed head scores at most what any kept head of its own layer scores
+    for i, mask in enumerate(module.masks("head")):
+        if (mask == 0).any() and (mask == 1).any():
+            assert scores[i][mask == 0].max() <= scores[i][mask == 1].min()
+
+
 def test_pruning_events_reach_the_parameter_target_and_keep_a_head_per_layer(fitted):
     task, cache, path = fitted
     dm = datamodule(task, cache)
@@ -175,7 +212,7 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     task, cache, path = fitted
     run = tmp_path / "run"
     result = run_cli(
-        "fit", "--config", str(ROOT / "configs" / "demo" / f"{task}_prune.yaml"),
+        "fit", "--config", str(ROOT / "configs" / f"demo-{task}" / "prune.yaml"),
         "--model.init_args.model_name_or_path", path, "--model.init_args.teacher", "null",
         "--model.init_args.target_sparsity", "0.5",
         "--trainer.max_epochs", "2", "--data.init_args.max_train_samples", "160",
@@ -194,7 +231,7 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     assert "trust_remote_code=True" in card and "target_sparsity" in card
     best_path = next((run / "checkpoints").glob("epoch*.ckpt"))
     ptq = run_script("export.py", "ptq", "--model", str(best_path), "--out", str(tmp_path / "ptq.int8.ckpt"),
-                     "--data", str(ROOT / "configs" / "demo" / f"{task}_qat.yaml"), "--set", f"cache_dir={cache}",
+                     "--data", str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"), "--set", f"cache_dir={cache}",
                      "--set", "max_train_samples=64", cwd=tmp_path)  # fmt: skip
     assert ptq.returncode == 0, ptq.stderr[-2000:]
     assert encoder_parameters(
@@ -205,7 +242,7 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     if task == "token":  # QAT and export of a pruned model: the same code for both tasks
         return
     qat = run_cli(
-        "fit", "--config", str(ROOT / "configs" / "demo" / f"{task}_qat.yaml"),
+        "fit", "--config", str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"),
         "--model.init_args.model_name_or_path", str(run / "model"), "--model.init_args.teacher", "null",
         "--trainer.max_epochs", "1", "--data.init_args.max_train_samples", "64",
         "--data.init_args.max_eval_samples", "32", "--data.init_args.cache_dir", str(cache),
@@ -216,7 +253,7 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     assert int8["shrink_pruned"] == config["shrink_pruned"] and "shrink_quantization" in int8
     out = tmp_path / "onnx-int8"
     export = run_script("export.py", "onnx", "--model", str(tmp_path / "qat" / "model"), "--out", str(out),
-                        "--data", str(ROOT / "configs" / "demo" / f"{task}_qat.yaml"), "--int8",
+                        "--data", str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"), "--int8",
                         "--set", f"cache_dir={cache}", "--set", "max_eval_samples=64", cwd=tmp_path)  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     parity = json.loads((out / "parity.json").read_text())
@@ -237,7 +274,7 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
 def test_bad_pruning_input_is_one_line(fitted, tmp_path, args, message):
     task, cache, path = fitted
     result = run_cli(
-        "fit", "--config", str(ROOT / "configs" / "demo" / f"{task}_prune.yaml"),
+        "fit", "--config", str(ROOT / "configs" / f"demo-{task}" / "prune.yaml"),
         "--model.init_args.model_name_or_path", path, "--model.init_args.teacher", "null", *args,
         "--data.init_args.cache_dir", str(cache), "--out_dir", str(tmp_path / "run"), cwd=tmp_path,
     )  # fmt: skip

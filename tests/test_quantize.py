@@ -3,7 +3,6 @@ weights, converted vs fake-quantized logits, int8 checkpoints, ONNX fp32 / int8 
 stage through the CLI, the export and benchmark scripts, and their bad input."""
 
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -16,20 +15,20 @@ from onnx.reference.op_run import OpRun
 
 from datamodules import InputError
 from lightning_modules import FineTuneModule
-from lightning_modules.base import load_classifier
-from lightning_modules.export import (
+from lightning_modules.artifacts.classifiers import load_classifier
+from lightning_modules.artifacts.int8_onnx import set_weight_kernel, weight_kernel
+from lightning_modules.artifacts.onnx_folder import (
     INT8_KERNELS,
     OnnxClassifier,
     export_onnx,
     fused_ops,
-    has_int8_dot,
     input_names,
     model_inputs,
     parity,
     pytorch_logits,
 )
-from lightning_modules.int8_onnx import set_weight_kernel, weight_kernel
-from lightning_modules.quantize import (
+from lightning_modules.cpu import has_int8_dot
+from lightning_modules.methods.quantize import (
     SCHEMES,
     calibrate,
     convert_to_int8,
@@ -329,7 +328,7 @@ def test_kernel_choice_by_cpu_flags(tmp_path, monkeypatch):
     u8u8 file runs with int8 weights. The logits are the same integers either way."""
     from onnx import load
 
-    import lightning_modules.export as export
+    from lightning_modules import cpu
 
     int8 = int8_classifier("sequence", "static")
     files = {k: export_onnx(int8, tmp_path / f"{k}.onnx", int8_kernel=k) for k in INT8_KERNELS}
@@ -340,7 +339,7 @@ def test_kernel_choice_by_cpu_flags(tmp_path, monkeypatch):
         ({"avx2", "avx512_vnni"}, "u8s8"),
         ({"avx2", "amx_int8"}, "u8s8"),
     ):
-        monkeypatch.setattr(export, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: flags)
         for kernel, path in files.items():
             run = OnnxClassifier(path)
             assert run.kernel.startswith(wanted), (flags, kernel, run.kernel)
@@ -484,7 +483,7 @@ def student(tmp_path_factory) -> Path:
 def qat_args(student: Path, tmp: Path, *extra: str) -> list[str]:
     return [
         "--config",
-        str(ROOT / "configs" / "demo" / "sequence_qat.yaml"),
+        str(ROOT / "configs" / "demo-sequence" / "qat.yaml"),
         "--model.init_args.model_name_or_path",
         str(student),
         "--model.init_args.teacher",
@@ -527,14 +526,14 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     # bad input: QAT from an int8 checkpoint, or resuming fit from one; nothing overwritten
     before = int8_path.stat().st_mtime_ns
     for extra in (["--model.init_args.model_name_or_path", str(int8_path)], ["--ckpt_path", str(int8_path)]):
-        result = run_cli("fit", *qat_args(student, tmp_path), *extra, cwd=tmp_path)
+        result = run_cli("fit", *qat_args(student, tmp_path), *extra, "--overwrite", "true", cwd=tmp_path)
         assert result.returncode == 2, result.stderr[-2000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "int8" in errors[0]
     assert int8_path.stat().st_mtime_ns == before
 
     # export: ONNX int8 from the QAT checkpoint passes parity; a failed parity check writes nothing
-    data = ["--data", str(ROOT / "configs" / "demo" / "sequence_qat.yaml"), "--set", "max_eval_samples=48",
+    data = ["--data", str(ROOT / "configs" / "demo-sequence" / "qat.yaml"), "--set", "max_eval_samples=48",
             "--set", f"cache_dir={student.parent}"]  # fmt: skip
     onnx = tmp_path / "onnx-int8"  # an ONNX folder
     result = run_script(
@@ -553,8 +552,7 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     )
     assert (onnx / "model.onnx").stat().st_mtime_ns == before
     # an int8 model exported as a scheme it was not trained for: one line, nothing written
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import export  # in-process: the check comes before any work
+    from lightning_modules.commands import export  # in-process: the check comes before any work
 
     with pytest.raises(SystemExit) as stop:
         export.main(

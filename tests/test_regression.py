@@ -26,7 +26,7 @@ def rating_data(tmp_path) -> SequenceClassificationDataModule:
 def test_pearson_spearman_mse_match_scipy_over_batches():
     from scipy.stats import pearsonr, spearmanr
 
-    from lightning_modules.base import computed_metrics, task_metrics
+    from lightning_modules.methods.task_metrics import computed_metrics, task_metrics
 
     rng = torch.Generator().manual_seed(0)
     labels = torch.rand(301, generator=rng) * 5
@@ -80,13 +80,13 @@ def test_demo_rating_fine_tune_qat_export_and_classify(tmp_path, capsys):
     common = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
               "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false",
               "--trainer.max_epochs", "1"]  # fmt: skip
-    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo/rating_finetune.yaml"), *common,
+    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo-rating/finetune.yaml"), *common,
                       "--out_dir", str(tmp_path / "teacher"), cwd=tmp_path)  # fmt: skip
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     card = (tmp_path / "teacher" / "model" / "README.md").read_text()
     assert "val/pearson" in card and "val/spearman" in card
     teacher_ckpt = str(tmp_path / "teacher" / "checkpoints" / "last.ckpt")
-    qat = run_cli("fit", "--config", str(ROOT / "configs/demo/rating_qat.yaml"), *common,
+    qat = run_cli("fit", "--config", str(ROOT / "configs/demo-rating/qat.yaml"), *common,
                   "--model.init_args.model_name_or_path", teacher_ckpt, "--model.init_args.teacher", "null",
                   "--out_dir", str(tmp_path / "qat"), cwd=tmp_path)  # fmt: skip
     assert qat.returncode == 0, qat.stderr[-3000:]
@@ -97,11 +97,11 @@ def test_demo_rating_fine_tune_qat_export_and_classify(tmp_path, capsys):
     )
     out = tmp_path / "onnx-int8"
     export = run_script("export.py", "onnx", "--model", str(tmp_path / "qat" / "model"), "--out", str(out),
-                        "--data", str(ROOT / "configs/demo/rating_qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",
+                        "--data", str(ROOT / "configs/demo-rating/qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",
                         "--set", "max_eval_samples=64", cwd=tmp_path)  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     assert json.loads((out / "parity.json").read_text())["max_logit_diff"] < 1e-3
-    from lightning_modules.classify import main as classify
+    from lightning_modules.commands.classify import main as classify
 
     capsys.readouterr()
     classify([str(out), "--pair", "the plot is good .\tthe plot was great ."])

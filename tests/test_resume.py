@@ -16,7 +16,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lightning_modules.resume import AtomicCheckpointIO, check_checkpoint
+from lightning_modules.artifacts.checkpoints import AtomicCheckpointIO, check_checkpoint
 from tests.conftest import ENV, ROOT, run_cli, run_cli_process
 
 
@@ -24,7 +24,7 @@ def config(stage: str, tmp: Path) -> str:
     """The demo config of ``stage`` with last.ckpt every 3 steps instead of 50."""
     path = tmp / f"sequence_{stage}.yaml"
     if not path.exists():
-        source = ROOT / "configs" / "demo" / f"sequence_{stage}.yaml"
+        source = ROOT / "configs" / "demo-sequence" / f"{stage}.yaml"
         values = yaml.safe_load(source.read_text())
         for key in ("callbacks", "logger"):  # the shared files the recipe names, inlined
             values["trainer"][key] = yaml.safe_load((source.parent / values["trainer"][key]).read_text())
@@ -120,7 +120,7 @@ RECIPE_STEPS = 63  # 2,000 demo rows / batch 32
 
 def recipe_args(stage: str, task: str, tmp: Path, run: str, *extra: str) -> list[str]:
     return [
-        "--config", str(ROOT / "configs" / "demo" / f"{task}_{stage}.yaml"),
+        "--config", str(ROOT / "configs" / f"demo-{task}" / f"{stage}.yaml"),
         "--data.init_args.max_eval_samples", "64",
         "--data.init_args.cache_dir", str(tmp / "cache"),
         "--out_dir", str(tmp / run),
@@ -346,7 +346,7 @@ def test_bad_resumes_get_one_line(tmp_path):
             "--model.init_args.teacher",
             str(last),
         ],  # fmt: skip
-        "CUDA": [*finetune, "--trainer.accelerator", "gpu", "--trainer.devices", "2"],
+        "CUDA": [*finetune, "--overwrite", "true", "--trainer.accelerator", "gpu", "--trainer.devices", "2"],
         "has shape [1000, 128] but this model's is [1000, 64]": [
             *finetune,
             "--ckpt_path",
@@ -363,3 +363,32 @@ def test_bad_resumes_get_one_line(tmp_path):
             result.stderr[-1500:],
         )
     assert last.stat().st_mtime_ns == before  # nothing overwritten
+
+
+class CrashAtStep(Callback):
+    """A crash in this process (the fast tier's stand-in for a kill): an error after step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError(f"crashed at step {trainer.global_step}")
+
+
+def test_a_run_crashed_mid_epoch_resumes_to_the_uninterrupted_weights_in_process(tmp_path):
+    """The fast tier's exact-resume check: one epoch of 10 steps, last.ckpt every 3; a crash at step 8
+    (last.ckpt at step 6, mid-epoch) then --ckpt_path last must train the same batches, so the weights
+    equal the uninterrupted run's. Skipping the restore of the loader position fails it (the epoch
+    would start over)."""
+    one_epoch = ("--trainer.max_epochs", "1")
+    assert run_cli("fit", *args("finetune", tmp_path, "whole", *one_epoch), cwd=tmp_path).returncode == 0
+    crash = "--trainer.callbacks+={class_path: tests.test_resume.CrashAtStep, init_args: {step: 8}}"
+    crashed = run_cli("fit", *args("finetune", tmp_path, "resumed", *one_epoch, crash), cwd=tmp_path)
+    assert crashed.returncode == 1 and "crashed at step 8" in crashed.stderr
+    assert step_of(tmp_path / "resumed" / "checkpoints" / "last.ckpt") == 6
+    resumed = run_cli(
+        "fit", *args("finetune", tmp_path, "resumed", *one_epoch, "--ckpt_path", "last"), cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_training(final_state(tmp_path / "whole"), final_state(tmp_path / "resumed"), steps=10)

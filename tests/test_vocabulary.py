@@ -1,5 +1,5 @@
 """Vocabulary pruning: the kept ids, the renumbered tokenizer, exact logits on covered text, and the
-``export.py prune-vocab`` command (its check, its folder in plain transformers, int8 ONNX after it)."""
+``shrink prune-vocab`` command (its check, its folder in plain transformers, int8 ONNX after it)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from datamodules.demo import demo_tokenizer
-from lightning_modules.model_folder import load_trained
-from lightning_modules.vocabulary import kept_token_ids, prune_vocabulary, pruned_tokenizer
+from lightning_modules.artifacts.classifiers import load_trained
+from lightning_modules.methods.vocabulary import kept_token_ids, prune_vocabulary, pruned_tokenizer
 from tests.conftest import ROOT, run_script
 from tests.test_distill import fine_tuned_checkpoint
 
@@ -71,7 +71,7 @@ def test_prune_vocab_command_writes_a_standard_folder_that_int8_onnx_takes(fitte
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     tmp, path = fitted
-    data = ["--data", str(ROOT / "configs" / "demo" / "sequence_qat.yaml"), "--set", f"cache_dir={tmp}",
+    data = ["--data", str(ROOT / "configs" / "demo-sequence" / "qat.yaml"), "--set", f"cache_dir={tmp}",
             "--set", "max_train_samples=40", "--set", "max_eval_samples=64"]  # fmt: skip
     out = tmp / "vocab"
     failed = run_script(

@@ -1,0 +1,1 @@
+"""What a run hands over and reads back: checkpoints, Hugging Face model folders, ONNX folders."""

@@ -1,0 +1,1 @@
+"""The installed commands beside `shrink fit`: export, benchmark, prune-vocab, classify."""

@@ -1,0 +1,1 @@
+"""The mechanisms stages compose: the teacher, losses, metrics, pruning, quantization, vocabulary, length splitting."""

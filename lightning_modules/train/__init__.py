@@ -1,0 +1,1 @@
+"""The LightningCLI that wires stages and data, exact resume, and the callbacks."""
