@@ -109,7 +109,7 @@ def test_token_kd_masks_padding_and_continuation_subtokens(teacher):
     losses = module.distillation_losses(batch)
     with torch.no_grad():
         s = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        t = module.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t = module.teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     first = batch["labels"] != -100  # first sub-tokens of words: no padding, no specials, no continuations
     expected_kd = kd_loss(s[first], t[first], 2.0)
     expected_ce = torch.nn.functional.cross_entropy(s[first], batch["labels"][first])
@@ -132,14 +132,14 @@ def test_teacher_frozen_not_optimized_not_checkpointed_and_student_loads_alone(t
         hidden_weight=1.0,
         learning_rate=1e-3,
     )
-    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in module.teacher.model.state_dict().items()}
     run = trainer()
     run.fit(module, dm)
-    after = module.teacher.state_dict()
+    after = module.teacher.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not module.teacher.training
+    assert not module.teacher.model.training
     optimized = {id(p) for group in run.optimizers[0].param_groups for p in group["params"]}
-    assert not optimized & {id(p) for p in module.teacher.parameters()}
+    assert not optimized & {id(p) for p in module.teacher.model.parameters()}
     assert {id(p) for p in module.projections.parameters()} <= optimized  # 16 -> 32 projections are trained
 
     student_ckpt = tmp_path / "student.ckpt"
@@ -214,15 +214,15 @@ def test_cached_and_live_teacher_give_the_same_loss(teacher, caplog):
         trainer(max_steps=1).fit(module, dm)
         modules.append(module.eval())
     modules[1].model.load_state_dict(modules[0].model.state_dict())
-    assert modules[1]._cache is not None and modules[0]._cache is None
+    assert modules[1].teacher._logits is not None and modules[0].teacher._logits is None
     for start in (0, 40):
         batch = dm.collate([dict(dm.encoded_split("train")[i]) for i in range(start, start + 16)])
         # the cached teacher logits are the live ones (the cache was built from batches padded to
         # other lengths, so they may differ in float rounding only)
         with torch.no_grad():
             n = int(batch["word_ids"].max()) + 1
-            live_logits, live_present = modules[0]._teacher_logits(batch, n)
-        cached_logits = modules[1]._cache["logits"][batch["idx"]]
+            live_logits, live_present = modules[0].teacher.logits(batch, n)
+        cached_logits = modules[1].teacher._logits["logits"][batch["idx"]]
         if task == "token":
             cached_logits = cached_logits[:, :n][live_present]
             live_logits = live_logits[live_present]
@@ -242,7 +242,7 @@ def test_cached_and_live_teacher_give_the_same_loss(teacher, caplog):
         cache_dir=str(cache),
     )
     with torch.no_grad():
-        next(other.teacher.parameters()).add_(1.0)
+        next(other.teacher.model.parameters()).add_(1.0)
     trainer(max_steps=1).fit(other, dm)
     assert "building" in caplog.text
 
@@ -282,12 +282,14 @@ def test_teacher_cache_with_a_teacher_tokenizer_that_keeps_fewer_words(tmp_path)
         n = int(max(batch["word_ids"].max(), batch["teacher_word_ids"].max())) + 1
         s, s_ok = per_word(module(batch).logits, batch["word_ids"], n)
         t, t_ok = per_word(
-            module.teacher(**module._teacher_inputs(batch)).logits, batch["teacher_word_ids"], n
+            module.teacher.model(**module.teacher.inputs(batch)).logits, batch["teacher_word_ids"], n
         )
     assert (s_ok & ~t_ok).any()  # words only the student kept
-    expected = kd_loss(s[s_ok & t_ok], t[s_ok & t_ok], module.temperature)
+    expected = kd_loss(s[s_ok & t_ok], t[s_ok & t_ok], module.teacher.temperature)
     assert cached["kd_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert kd_loss(s[s_ok], t[s_ok], module.temperature).item() != pytest.approx(expected.item(), rel=1e-3)
+    assert kd_loss(s[s_ok], t[s_ok], module.teacher.temperature).item() != pytest.approx(
+        expected.item(), rel=1e-3
+    )
 
 
 # --- student initialisation -----------------------------------------------------------------
@@ -295,14 +297,16 @@ def test_student_layers_copy_the_chosen_teacher_layers(teacher):
     task, cache, path = teacher
     dm = datamodule(task, cache)
     module = DistillationModule(teacher=path, student_layers=[0, 2], task=task, label_names=dm.label_names)
-    student, source = module.model.base_model.encoder.layer, module.teacher.base_model.encoder.layer
+    student, source = module.model.base_model.encoder.layer, module.teacher.model.base_model.encoder.layer
     assert len(student) == 2 and module.model.config.num_hidden_layers == 2
     for kept, original in ((0, 0), (1, 2)):
         for (name, a), (_, b) in zip(
             student[kept].state_dict().items(), source[original].state_dict().items(), strict=True
         ):
             assert torch.equal(a, b), name
-    assert not any(p is q for p in module.model.parameters() for q in module.teacher.parameters())  # a copy
+    assert not any(
+        p is q for p in module.model.parameters() for q in module.teacher.model.parameters()
+    )  # a copy
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -405,7 +409,7 @@ def test_hidden_and_attention_transfer_run_with_a_layer_subset_student(teacher):
         hidden_weight=1.0,
         attention_weight=1.0,
     )
-    assert module.layer_map == {1: 2, 2: 4}  # student i <- teacher round(i * 4 / 2)
+    assert module.teacher.layer_map == {1: 2, 2: 4}  # student i <- teacher round(i * 4 / 2)
     batch = dm.collate([dict(dm.encoded_split("train")[i]) for i in range(4)])
     losses = module.distillation_losses(batch)
     assert set(losses) == {"kd_loss", "ce_loss", "hidden_loss", "attention_loss", "loss"}

@@ -8,6 +8,7 @@ import csv
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -61,25 +62,24 @@ def test_the_quickstart_runs_as_written_outside_the_repository(tmp_path):
 def test_installed_commands_work_from_any_folder_after_a_plain_install(tmp_path):
     """``pip install .`` (not editable) into a fresh environment: ``shrink`` and its commands answer
     --help from a folder outside the checkout, importing the installed copy, not the repository's."""
-    venv = tmp_path / "venv"
-    subprocess.run(["python", "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-build-isolation",
-                              str(ROOT)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    target = tmp_path / "installed"  # a plain (non-editable) install, first on the import path
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert install.returncode == 0, install.stderr[-2000:]
-    env = dict(ENV, PATH=f"{venv / 'bin'}:{ENV.get('PATH', os.environ['PATH'])}")
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import lightning_modules; print(lightning_modules.__file__)"],
+    env = dict(ENV, PYTHONPATH=str(target), PATH=f"{target / 'bin'}:{ENV.get('PATH', os.environ['PATH'])}")
+    where = subprocess.run([sys.executable, "-c", "import lightning_modules; print(lightning_modules.__file__)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert str(venv) in where.stdout and str(ROOT) not in where.stdout, where.stdout + where.stderr
+    assert str(target) in where.stdout and str(ROOT) not in where.stdout, where.stdout + where.stderr
     for command, expected in (([], "export"), (["fit"], "--data.help"), (["export"], "onnx,ptq"),
                               (["benchmark"], "--ort-peers"), (["prune-vocab"], "--keep-first"),
                               (["classify"], "model [texts")):  # fmt: skip
-        result = subprocess.run([str(venv / "bin" / "shrink"), *command, "--help"], cwd=tmp_path, env=env,
+        result = subprocess.run([str(target / "bin" / "shrink"), *command, "--help"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         assert result.returncode == 0 and expected in result.stdout, (command, result.stderr[-1500:])
         assert "Failed to load" not in result.stderr and "Warning" not in result.stderr, result.stderr[-1500:]
     assert (
         subprocess.run(
-            [str(venv / "bin" / "shrink-classify"), "--help"],
+            [str(target / "bin" / "shrink-classify"), "--help"],
             cwd=tmp_path,
             env=env,
             capture_output=True,

@@ -59,7 +59,7 @@ def test_regression_labels_are_numbers_and_kd_is_mse_to_the_teacher(tmp_path):
     losses = module.distillation_losses(batch)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
-        s, t = module.model(**inputs).logits.squeeze(-1), module.teacher(**inputs).logits.squeeze(-1)
+        s, t = module.model(**inputs).logits.squeeze(-1), module.teacher.model(**inputs).logits.squeeze(-1)
     kd = ((s - t) ** 2).mean()  # no temperature: a number, not a distribution
     ce = ((s - batch["labels"]) ** 2).mean()
     assert losses["kd_loss"].item() == pytest.approx(kd.item(), rel=1e-5)

@@ -174,3 +174,28 @@ def pruned_state(state_dict: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor
     return [state_dict[f"head_mask_{i}"] for i in range(n)], [
         state_dict[f"neuron_mask_{i}"] for i in range(n)
     ]
+
+
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The transformer block list of a Hugging Face encoder (BERT, RoBERTa, MPNet, ...)."""
+    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise InputError(
+            f"cannot find encoder layers in {type(model).__name__}: student_layers needs a BERT-like encoder"
+        )
+    return layers
+
+
+def keep_encoder_layers(
+    model: torch.nn.Module, keep: list[int], name: str = "student_layers"
+) -> torch.nn.Module:
+    """Keep the listed encoder layers (0-based, in order), DistilBERT-style, and update the config."""
+    layers = encoder_layers(model)
+    bad = [i for i in keep if not 0 <= i < len(layers)]
+    if bad or not keep:
+        raise InputError(
+            f"model.{name} {keep} names layers outside 0..{len(layers) - 1}: pick existing layers"
+        )
+    model.base_model.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
+    model.config.num_hidden_layers = len(keep)
+    return model

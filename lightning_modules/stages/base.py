@@ -45,13 +45,21 @@ def check_positions(config: Any, max_length: int | None) -> None:
         )
 
 
+def eager_only(stage: str, options: dict[str, Any]) -> None:
+    """QAT (torchao fake-quant tensors, scaled per batch) and pruning (masks set between steps) train
+    eager on whole batches: ``torch_compile`` and ``split_by_length`` are refused there."""
+    for name in ("torch_compile", "split_by_length"):
+        if options.get(name) not in (None, False, "auto"):
+            raise InputError(
+                f"model.{name} is for fine-tuning and distillation: {stage} trains eager on whole batches"
+            )
+    options["torch_compile"] = options["split_by_length"] = False
+
+
 class ClassificationModule(L.LightningModule):
     """Shared base. Subclasses build ``self.model`` (a Hugging Face classifier) and a ``training_step``."""
 
     flops_per_batch = None  # ThroughputMonitor asks for it; FLOPs of variable-length batches are not counted
-    # QAT (torchao fake-quant tensors, scaled per batch) and pruning (masks set between steps) run
-    # eager, on whole batches: no torch_compile, no split_by_length
-    compilable = True
 
     def __init__(
         self,
@@ -100,10 +108,6 @@ class ClassificationModule(L.LightningModule):
         ):
             if not ok:
                 raise InputError(f"model.{name} is {value}: it must be {rule}")
-        for name, value in (("torch_compile", torch_compile), ("split_by_length", split_by_length)):
-            if value and value != "auto" and not self.compilable:
-                raise InputError(f"model.{name} is for fine-tuning and distillation: {type(self).__name__} "
-                                 "trains eager on whole batches")  # fmt: skip
         if split_by_length not in (True, False, "auto"):
             raise InputError(f"model.split_by_length is {split_by_length!r}: it takes true, false or auto")
         self.torch_compile, self.split_by_length = torch_compile, split_by_length
@@ -216,8 +220,15 @@ class ClassificationModule(L.LightningModule):
         return [{"idx": i, "labels": t} for i, t in zip(batch["idx"].tolist(), tags, strict=True)]
 
     # --- optimisation -----------------------------------------------------------------------
+    def log_losses(self, losses: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Log ``loss`` and each term beside it (``kd_loss``, ``ce_loss``, ...); return ``loss``."""
+        size = self.batch_size(batch)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
+        return losses["loss"]
+
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        """What the optimizer sees; distillation overrides this to leave the teacher out."""
+        """What the optimizer sees (a teacher is not a child module: never in it)."""
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     def configure_optimizers(self):
@@ -283,12 +294,15 @@ class ClassificationModule(L.LightningModule):
         return self._tokenizer_files
 
     def lineage(self) -> list[dict[str, Any]]:
-        """Where this model came from, oldest first (base -> teacher -> student -> int8), for model
-        cards: the lineage recorded in the teacher's (or else the source model's) config, then this
-        stage. Kept in the model config, so checkpoints and folders carry it to the next stage."""
-        teacher = self._teacher[0] if getattr(self, "_teacher", None) else None
-        source = teacher if teacher is not None else self.model
-        previous = [dict(step) for step in getattr(source.config, "shrink_lineage", None) or []]
+        """Where this model came from, oldest first (base -> teacher -> student -> pruned -> int8), for
+        model cards: the lineage recorded in the model's own config (a distilled student pruned, then
+        quantized, keeps its distillation), else in its teacher's (a fresh student), then this stage.
+        Kept in the model config, so checkpoints and folders carry it to the next stage."""
+        teacher = getattr(self, "teacher", None)
+        previous = getattr(self.model.config, "shrink_lineage", None)
+        if not previous and teacher is not None:
+            previous = getattr(teacher.model.config, "shrink_lineage", None)
+        previous = [dict(step) for step in previous or []]
         keys = (
             "model_name_or_path",
             "model_config",
@@ -307,8 +321,8 @@ class ClassificationModule(L.LightningModule):
         if stage == "fit":
             self.model.config.shrink_lineage = self.lineage()
             grouped = bool(getattr(self.trainer.datamodule, "group_by_length", False))
-            backend = compile_backend(self.torch_compile, self.trainer, grouped) if self.compilable else None
-            self.split_batches = self.compilable and length_split_enabled(self.split_by_length, self.trainer)
+            backend = compile_backend(self.torch_compile, self.trainer, grouped)
+            self.split_batches = length_split_enabled(self.split_by_length, self.trainer)
             if backend:  # in place: parameter names, and so checkpoints, stay the same
                 self.model.compile(dynamic=True, backend=backend)
 

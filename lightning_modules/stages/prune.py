@@ -29,26 +29,26 @@ from typing import Any
 import torch
 
 from datamodules.errors import InputError
+from lightning_modules.artifacts.classifiers import build_classifier
 from lightning_modules.methods.pruning import (
     check_prunable,
     encoder_flops,
     encoder_parameters,
     head_importance,
     head_size,
+    keep_encoder_layers,
     layers,
     neuron_importance,
     prune_model,
     unit_parameters,
 )
-from lightning_modules.stages.distill import DistillationModule
+from lightning_modules.methods.teacher import Teacher
+from lightning_modules.stages.base import ClassificationModule, eager_only
 
 log = logging.getLogger(__name__)
 
 
-class PruneModule(DistillationModule):
-    teacher_required = False
-    compilable = False
-
+class PruneModule(ClassificationModule):
     def __init__(
         self,
         model_name_or_path: str,
@@ -59,6 +59,14 @@ class PruneModule(DistillationModule):
         keep_layers: list[int] | None = None,
         pruning_events: int = 8,
         pruning_end: float = 0.5,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        hidden_weight: float = 0.0,
+        attention_weight: float = 0.0,
+        layer_map: dict[int, int] | None = None,
+        teacher_cache: bool = False,
+        cache_dir: str = "~/.cache/shrink",
+        trust_remote_code: bool = False,
         learning_rate: float = 5e-5,
         **kwargs: Any,
     ) -> None:
@@ -74,9 +82,11 @@ class PruneModule(DistillationModule):
             keep_layers: keep only these encoder layers (0-based), dropped before pruning starts.
             pruning_events: how many times units are removed on the way to the target.
             pruning_end: the fraction of training steps by which the target is reached; the rest recovers.
+            temperature, alpha, hidden_weight, attention_weight, layer_map, teacher_cache, cache_dir:
+                the recovery distillation's settings, as in ``DistillationModule``.
+            trust_remote_code: allow model code from the hub.
             learning_rate: peak learning rate of the recovery training.
-            **kwargs: the distillation arguments (``temperature``, ``alpha``, ``hidden_weight``,
-                ``teacher_cache``, ...) and the shared ones of ``ClassificationModule``.
+            **kwargs: the shared arguments of ``ClassificationModule``.
         """
         if not 0 < target_sparsity < 1:
             raise InputError(
@@ -89,14 +99,18 @@ class PruneModule(DistillationModule):
                 f"model.pruning_events {pruning_events} / model.pruning_end {pruning_end}: give at least "
                 "one event and an end in (0, 1]"
             )
-        super().__init__(
-            teacher=teacher or model_name_or_path,
-            student_model_name_or_path=model_name_or_path,
-            student_layers=keep_layers,
-            learning_rate=learning_rate,
-            **kwargs,
-        )
+        eager_only("PruneModule", kwargs)
+        super().__init__(learning_rate=learning_rate, **kwargs)
         self.save_hyperparameters()
+        self.teacher = Teacher(
+            teacher or model_name_or_path, self.task, self.label_names, temperature, alpha, hidden_weight,
+            attention_weight, teacher_cache, cache_dir, trust_remote_code,
+        )  # fmt: skip
+        model = build_classifier(self.task, self.label_names, model_name_or_path, None, trust_remote_code)
+        self.model = (
+            keep_encoder_layers(model, keep_layers, "keep_layers") if keep_layers is not None else model
+        )
+        self.projections = self.teacher.map_layers(self.model, layer_map)
         check_prunable(self.model, f"model {model_name_or_path}")
         self.target_sparsity, self.pruning_events, self.pruning_end = (
             target_sparsity,
@@ -209,6 +223,13 @@ class PruneModule(DistillationModule):
         )
 
     # --- the checkpoint monitor sees fully pruned models only --------------------------------------
+    def on_fit_start(self) -> None:
+        self.teacher.prepare(self.trainer, self.trainer.datamodule, self.device)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        student = self(batch, labels=batch.get("labels"), **self.teacher.student_outputs())
+        return self.log_losses(self.teacher.losses(student, batch, self.run, self.projections), batch)
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         callback = self.trainer.checkpoint_callback if stage == "fit" else None

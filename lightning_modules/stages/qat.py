@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from datamodules.errors import InputError
+from lightning_modules.artifacts.classifiers import build_classifier
 from lightning_modules.methods.quantize import (
     DEFAULT_SCHEME,
     SCHEMES,
@@ -30,15 +31,13 @@ from lightning_modules.methods.quantize import (
     save_int8_checkpoint,
     scheme_name,
 )
-from lightning_modules.stages.distill import DistillationModule
+from lightning_modules.methods.teacher import Teacher
+from lightning_modules.stages.base import ClassificationModule, eager_only
 
 import_torchao()  # lets Lightning's torch.load(weights_only=True) read int8 checkpoints
 
 
-class QATModule(DistillationModule):
-    teacher_required = False
-    compilable = False
-
+class QATModule(ClassificationModule):
     def __init__(
         self,
         model_name_or_path: str,
@@ -47,6 +46,11 @@ class QATModule(DistillationModule):
         quantize_head: bool = False,
         scheme: str = DEFAULT_SCHEME,
         calibration_rows: int = 512,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        teacher_cache: bool = False,
+        cache_dir: str = "~/.cache/shrink",
+        trust_remote_code: bool = False,
         learning_rate: float = 2e-5,
         int8_path: str | None = None,
         **kwargs: Any,
@@ -56,6 +60,9 @@ class QATModule(DistillationModule):
             model_name_or_path: the fp32 model to quantize: our ``.ckpt`` (e.g. the distilled student)
                 or a folder with a fine-tuned classification head. An int8 checkpoint is refused.
             teacher: optional fine-tuned teacher for KD-guided QAT (the distillation losses and cache).
+            temperature, alpha, teacher_cache, cache_dir: the teacher's distillation settings, as in
+                ``DistillationModule``.
+            trust_remote_code: allow model code from the hub.
             quantize_embeddings: int8 per-row word embeddings (half of a MiniLM's bytes).
             quantize_head: also int8 the pooler / classifier Linear layers (off: they are tiny and
                 the logits are most sensitive there).
@@ -64,17 +71,21 @@ class QATModule(DistillationModule):
             calibration_rows: training rows (in file order) that calibrate the ``static`` scales.
             learning_rate: QAT fine-tunes an already trained model: a small rate (1e-5 .. 5e-5).
             int8_path: where the converted int8 model goes (default: ``int8.ckpt`` in the run folder).
-            **kwargs: the distillation arguments used with a teacher (``temperature``, ``alpha``,
-                ``teacher_cache``, ``cache_dir``, ...) and the shared ones of ``ClassificationModule``
-                (``weight_decay``, ``warmup_ratio``, ``adam_epsilon``, ``entity_mode``, ...).
+            **kwargs: the shared arguments of ``ClassificationModule`` (``weight_decay``,
+                ``warmup_ratio``, ``adam_epsilon``, ``entity_mode``, ...).
         """
-        super().__init__(
-            teacher=teacher,
-            student_model_name_or_path=model_name_or_path,
-            learning_rate=learning_rate,
-            **kwargs,
-        )
+        eager_only("QATModule", kwargs)
+        super().__init__(learning_rate=learning_rate, **kwargs)
         self.save_hyperparameters()
+        self.model = build_classifier(
+            self.task, self.label_names, model_name_or_path, None, trust_remote_code
+        )
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = Teacher(
+                teacher, self.task, self.label_names, temperature, alpha,
+                cache=teacher_cache, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
+            )  # fmt: skip
         self.quantization = {
             "scheme": check_scheme(scheme),
             "embeddings": quantize_embeddings,
@@ -94,7 +105,16 @@ class QATModule(DistillationModule):
                 self.model, data.loader("validate", split=data.splits["fit"]), self.calibration_rows
             )
             self.print(f"static int8: activation scales calibrated on {rows} training rows")
-        super().on_fit_start()
+        if self.teacher is not None:
+            self.teacher.prepare(self.trainer, self.trainer.datamodule, self.device)
+        else:  # nothing to distill from: the plain task loss needs labels
+            self.trainer.datamodule.require_labels("fit")
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.teacher is None:
+            return self.log_losses({"loss": self(batch, labels=batch["labels"]).loss}, batch)
+        student = self(batch, labels=batch.get("labels"))
+        return self.log_losses(self.teacher.losses(student, batch, self.run, None), batch)
 
     # --- the int8 model --------------------------------------------------------------------------
     def to_int8(self, quantization: dict[str, Any] | None = None) -> None:
