@@ -1,5 +1,5 @@
-from datamodules.base import datamodule_from_config, parse_overrides
 from datamodules.errors import InputError
+from datamodules.from_config import datamodule_from_config, parse_overrides
 from datamodules.sequence import SequenceClassificationDataModule
 from datamodules.token import TokenClassificationDataModule
 

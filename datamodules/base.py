@@ -17,33 +17,12 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules import demo
-from datamodules.errors import InputError
+from datamodules.errors import InputError, check_options
 from datamodules.sampler import LengthGroupedSampler, LongestFirstSampler, ShuffleSampler
+from datamodules.tokenizers import _tokenizer_digest, load_tokenizer
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # bump when the encoding changes, so old caches are not reused
-
-
-def load_tokenizer(name_or_path: str, cache_dir: str | Path, add_prefix_space: bool = False):
-    """``"demo"`` -> the demo WordPiece tokenizer; anything else -> ``AutoTokenizer.from_pretrained``."""
-    if name_or_path == "demo":
-        return demo.demo_tokenizer(cache_dir)
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        # byte-level BPE tokenizers need a leading space to split pre-tokenized words like the
-        # middle of a sentence (as in transformers' run_ner.py)
-        if add_prefix_space and type(tokenizer).__name__.startswith(
-            ("Roberta", "GPT2", "Bart", "Deberta", "Longformer", "Bloom")
-        ):
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, add_prefix_space=True)
-    except OSError:
-        raise InputError(
-            f"tokenizer {name_or_path!r} is neither a local folder nor reachable on the "
-            "Hugging Face hub: pass an existing folder or hub name as data.tokenizer"
-        ) from None
-    return tokenizer
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -102,21 +81,13 @@ class ClassificationDataModule(L.LightningDataModule):
             cache_dir: where tokenized splits and the demo tokenizer are cached.
         """
         super().__init__()
-        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                                   ("max_length", max_length, 4), ("num_workers", num_workers, 0)):  # fmt: skip
-            if value is not None and value < least:
-                raise InputError(f"data.{name} is {value}: it must be at least {least}")
+        check_options(batch_size, eval_batch_size, max_length, num_workers, dataset, data_files, label_names)
         if data_files:
             dataset = "files"
-        if dataset == "files" and not data_files:
-            raise InputError("data.dataset is 'files' but data.data_files is empty: give split -> path pairs")
         self.dataset, self.dataset_config, self.data_files = dataset, dataset_config, data_files or {}
         self.tokenizer_name = tokenizer
         self.teacher_tokenizer_name = teacher_tokenizer if teacher_tokenizer != tokenizer else None
         self._label_names = list(label_names) if label_names else None
-        repeated = sorted({n for n in self._label_names or [] if self._label_names.count(n) > 1})
-        if repeated:
-            raise InputError(f"data.label_names names {repeated} more than once: list each label once")
         self.max_length, self.batch_size = max_length, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.group_by_length = group_by_length
@@ -182,7 +153,15 @@ class ClassificationDataModule(L.LightningDataModule):
                     )
                 rows = self.read_file(self.data_files[split])
             else:
-                rows = self.read_hub(split)
+                try:
+                    rows = self.read_hub(split)
+                except (ConnectionError, OSError, ValueError) as e:  # offline, unknown name, no such config
+                    reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+                    raise InputError(
+                        f"data.dataset {self.dataset!r} (split {split!r}) could not be loaded from the Hugging "
+                        f"Face hub ({reason}): use local files, --data.data_files '{{train: train.tsv, "
+                        "validation: dev.tsv}'"
+                    ) from None
             limit = self.max_train_samples if split == self.splits["fit"] else self.max_eval_samples
             rows = rows[:limit] if limit else rows
             if not rows:
@@ -439,81 +418,5 @@ class ClassificationDataModule(L.LightningDataModule):
         return isinstance(limit, float) and limit == 1.0
 
 
-def _tokenizer_digest(tokenizer) -> str:
-    """Hash of what a tokenizer does (vocabulary, normalizer, ...), without the truncation and padding
-    state that the backend keeps from its last call, so the same tokenizer hashes alike everywhere."""
-    definition = json.loads(tokenizer.backend_tokenizer.to_str())
-    definition.pop("truncation", None)
-    definition.pop("padding", None)
-    definition["model_input_names"] = list(tokenizer.model_input_names)  # e.g. token types for pairs
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
-
-
-def truncated(encoded) -> list[bool]:
-    """Per example of a fast-tokenizer batch: did truncation at ``max_length`` drop sub-tokens?
-    (The Rust encodings keep what was cut in ``overflowing``, so no second tokenization is needed.)"""
-    return [bool(encoding.overflowing) for encoding in encoded.encodings]
-
-
 def _pad(rows: list[list[int]], width: int, value: int = -1) -> torch.Tensor:
     return torch.tensor([row + [value] * (width - len(row)) for row in rows])
-
-
-def datamodule_from_config(
-    config: str | Path, overrides: dict[str, Any] | None = None
-) -> ClassificationDataModule:
-    """The DataModule of a run config (its ``data:`` section), with ``overrides`` on its init args:
-    how export and benchmark scripts read the same data as training. The section is parsed by
-    jsonargparse as ``shrink`` parses it, so a short ``class_path`` works the same."""
-    import yaml
-
-    if not Path(config).is_file():
-        raise InputError(f"data config {config} does not exist: pass a YAML such as configs/sst2/qat.yaml")
-    try:
-        values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        reason = str(e).splitlines()[0]
-        raise InputError(f"{config} is not a readable YAML file ({reason}): pass a run config") from None
-    section = values.get("data") if isinstance(values, dict) else None
-    if isinstance(section, str):  # a recipe naming its data file, relative to the recipe
-        return datamodule_from_config_section(Path(config).parent / section, overrides, config)
-    return datamodule_from_config_section(section, overrides, config)
-
-
-def datamodule_from_config_section(
-    section: Any, overrides: dict[str, Any] | None, config: str | Path
-) -> ClassificationDataModule:
-    """The DataModule of a ``data:`` section (a dict, or the path of a file holding one)."""
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    if isinstance(section, Path):
-        if not section.is_file():
-            raise InputError(f"{config} names the data file {section}, which does not exist: fix the path")
-        section = yaml.safe_load(section.read_text(encoding="utf-8"))
-    if not isinstance(section, dict) or "class_path" not in section:
-        raise InputError(f"{config} has no data: section with a class_path: pass a run config")
-    section = {**section, "init_args": {**(section.get("init_args") or {}), **(overrides or {})}}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(ClassificationDataModule, "data", required=True)
-    try:
-        parsed = parser.parse_object({"data": section})
-    except Exception as e:  # noqa: BLE001 - jsonargparse's errors, condensed to one line
-        reason = " ".join(str(e).split())[:300]
-        raise InputError(
-            f"the data: section of {config} is invalid ({reason}): fix it or the --set values"
-        ) from None
-    return parser.instantiate_classes(parsed).data
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs of the export and benchmark scripts, values read as YAML."""
-    import yaml
-
-    result = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise InputError(f"--set {pair!r} is not KEY=VALUE: e.g. --set max_eval_samples=200")
-        result[key] = yaml.safe_load(value)
-    return result

@@ -7,9 +7,10 @@ import functools
 
 from transformers import DataCollatorWithPadding
 
-from datamodules.base import ClassificationDataModule, truncated
+from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
 from datamodules.readers import read_table
+from datamodules.tokenizers import truncated
 
 
 class SequenceClassificationDataModule(ClassificationDataModule):

@@ -10,9 +10,10 @@ import functools
 import torch
 from transformers import DataCollatorForTokenClassification
 
-from datamodules.base import ClassificationDataModule, truncated
+from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
 from datamodules.readers import read_conll, read_table
+from datamodules.tokenizers import truncated
 
 
 def align_labels(

@@ -29,9 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from lightning_modules.artifacts.checkpoints import best_checkpoint_in  # noqa: E402
 from lightning_modules.commands.shrink import main as shrink_main  # noqa: E402
 from lightning_modules.train import cli  # noqa: E402
-from lightning_modules.train.cli import best_checkpoint_in  # noqa: E402
 
 TASKS = {"sequence": "test/accuracy", "token": "test/f1"}
 PAIR_TASKS = {"pair": "test/accuracy", "rating": "test/pearson"}  # review/claim pairs; 0..5 rating
@@ -70,8 +70,17 @@ def quiet(main, args: list[str]) -> None:
 
 def int8_score(config: str, run_dir: Path, int8: Path, metric: str, teacher: str) -> float:
     # the teacher of this run, not the config's default path (outputs/ under the repository root)
-    shrink("test", "--config", config, "--out_dir", str(run_dir), "--ckpt_path", str(int8),
-           "--model.init_args.teacher", teacher)  # fmt: skip
+    shrink(
+        "test",
+        "--config",
+        config,
+        "--out_dir",
+        str(run_dir),
+        "--ckpt_path",
+        str(int8),
+        "--model.init_args.teacher",
+        teacher,
+    )
     return json.loads((run_dir / "test_metrics.json").read_text())[metric]
 
 
@@ -141,20 +150,51 @@ def main() -> None:
         # pruning: half of the student's encoder parameters (heads and FFN neurons), recovered with KD,
         # then QAT of the smaller model from its model folder
         prune_dir = out / f"{task}_prune"
-        rows.append((task, "student, pruned 50%", *stage(f"configs/demo-{task}/prune.yaml", prune_dir, metric,
-                     "--model.init_args.model_name_or_path", student, "--model.init_args.teacher", teacher)))  # fmt: skip
+        rows.append(
+            (
+                task,
+                "student, pruned 50%",
+                *stage(
+                    f"configs/demo-{task}/prune.yaml",
+                    prune_dir,
+                    metric,
+                    "--model.init_args.model_name_or_path",
+                    student,
+                    "--model.init_args.teacher",
+                    teacher,
+                ),
+            )
+        )
         pruned_qat = out / f"{task}_prune_qat"
         start = time.perf_counter()
-        shrink("fit", "--config", f"configs/demo-{task}/qat.yaml", "--out_dir", str(pruned_qat),
-               "--model.init_args.model_name_or_path", str(prune_dir / "model"), "--model.init_args.teacher", teacher)  # fmt: skip
+        shrink(
+            "fit",
+            "--config",
+            f"configs/demo-{task}/qat.yaml",
+            "--out_dir",
+            str(pruned_qat),
+            "--model.init_args.model_name_or_path",
+            str(prune_dir / "model"),
+            "--model.init_args.teacher",
+            teacher,
+        )
         score = int8_score(
             f"configs/demo-{task}/qat.yaml", pruned_qat, pruned_qat / "int8.ckpt", metric, teacher
         )
         rows.append((task, "student, pruned 50%, QAT int8", score, time.perf_counter() - start, rows[-1][4]))
         qat_config, qat_dir = f"configs/demo-{task}/qat.yaml", out / f"{task}_qat"
         start = time.perf_counter()
-        shrink("fit", "--config", qat_config, "--out_dir", str(qat_dir),
-               "--model.init_args.model_name_or_path", student, "--model.init_args.teacher", teacher)  # fmt: skip
+        shrink(
+            "fit",
+            "--config",
+            qat_config,
+            "--out_dir",
+            str(qat_dir),
+            "--model.init_args.model_name_or_path",
+            student,
+            "--model.init_args.teacher",
+            teacher,
+        )
         score = int8_score(qat_config, qat_dir, qat_dir / "int8.ckpt", metric, teacher)
         student_parameters = rows[-4][4]
         rows.append((task, "student, QAT int8", score, time.perf_counter() - start, student_parameters))
@@ -165,22 +205,54 @@ def main() -> None:
         rows.append((task, "student, PTQ int8", score, time.perf_counter() - start, student_parameters))
         # the deployable int8 ONNX folders, checked against PyTorch on the validation split
         for run in (qat_dir, pruned_qat):
-            command("export", "onnx", "--model", str(run / "model"), "--out", str(run / "onnx-int8"),
-                   "--data", qat_config, "--overwrite")  # fmt: skip
-        models = {"teacher fp32": teacher_dir / "model", "student fp32": out / f"{task}_distill" / "model",
-                  "student PTQ int8": ptq, "student QAT int8": qat_dir / "model",
-                  "student QAT int8 (ONNX folder)": qat_dir / "onnx-int8",
-                  "student pruned 50% fp32": prune_dir / "model",
-                  "student pruned 50% QAT int8 (ONNX folder)": pruned_qat / "onnx-int8"}  # fmt: skip
-        command("benchmark", "--data", qat_config, "--split", "test", "--out", str(out / f"{task}_benchmark"),
-               *[arg for name, path in models.items() for arg in ("--model", f"{name}={path}")])  # fmt: skip
+            command(
+                "export",
+                "onnx",
+                "--model",
+                str(run / "model"),
+                "--out",
+                str(run / "onnx-int8"),
+                "--data",
+                qat_config,
+                "--overwrite",
+            )
+        models = {
+            "teacher fp32": teacher_dir / "model",
+            "student fp32": out / f"{task}_distill" / "model",
+            "student PTQ int8": ptq,
+            "student QAT int8": qat_dir / "model",
+            "student QAT int8 (ONNX folder)": qat_dir / "onnx-int8",
+            "student pruned 50% fp32": prune_dir / "model",
+            "student pruned 50% QAT int8 (ONNX folder)": pruned_qat / "onnx-int8",
+        }
+        command(
+            "benchmark",
+            "--data",
+            qat_config,
+            "--split",
+            "test",
+            "--out",
+            str(out / f"{task}_benchmark"),
+            *[arg for name, path in models.items() for arg in ("--model", f"{name}={path}")],
+        )
     for task, metric in PAIR_TASKS.items():  # sentence pairs and regression: teacher and distilled student
         teacher_dir = out / f"{task}_finetune"
         rows.append(
             (task, "teacher (fine-tuned)", *stage(f"configs/demo-{task}/finetune.yaml", teacher_dir, metric))
         )
-        rows.append((task, "student, distilled", *stage(f"configs/demo-{task}/distill.yaml", out / f"{task}_distill", metric,
-                     "--model.init_args.teacher", best_checkpoint_in(teacher_dir / "checkpoints"))))  # fmt: skip
+        rows.append(
+            (
+                task,
+                "student, distilled",
+                *stage(
+                    f"configs/demo-{task}/distill.yaml",
+                    out / f"{task}_distill",
+                    metric,
+                    "--model.init_args.teacher",
+                    best_checkpoint_in(teacher_dir / "checkpoints"),
+                ),
+            )
+        )
     print("\n| task | model | parameters | held-out metric | score | seconds |\n|---|---|---|---|---|---|")
     for task, model, score, seconds, parameters in rows:
         print(

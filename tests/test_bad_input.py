@@ -22,13 +22,26 @@ from tests.test_deliverables import csv_only
 def demo(task: str, stage: str, tmp: Path, *extra: str, overwrite: bool = True) -> list[str]:
     """A short demo fit; ``overwrite``: into a folder that may hold an earlier run (each case's own error first)."""
     return [
-        "--config", str(ROOT / "configs" / f"demo-{task}" / f"{stage}.yaml"), "--config", csv_only(tmp),
+        "--config",
+        str(ROOT / "configs" / f"demo-{task}" / f"{stage}.yaml"),
+        "--config",
+        csv_only(tmp),
         *(["--overwrite", "true"] if overwrite else []),
-        "--data.init_args.max_train_samples", "64", "--data.init_args.max_eval_samples", "32",
-        "--data.init_args.cache_dir", str(tmp / "cache"), "--out_dir", str(tmp / f"{task}_{stage}"),
-        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-        *(["--model.init_args.cache_dir", str(tmp / "cache")] if stage != "finetune" else []), *extra,
-    ]  # fmt: skip
+        "--data.init_args.max_train_samples",
+        "64",
+        "--data.init_args.max_eval_samples",
+        "32",
+        "--data.init_args.cache_dir",
+        str(tmp / "cache"),
+        "--out_dir",
+        str(tmp / f"{task}_{stage}"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        *(["--model.init_args.cache_dir", str(tmp / "cache")] if stage != "finetune" else []),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -74,55 +87,163 @@ def cases(tmp: Path) -> dict[str, tuple]:
     distill = lambda *extra: ("fit", demo(seq, "distill", tmp, "--model.init_args.teacher", teacher, *extra))  # noqa: E731
     return {
         # the issue's ten
+        # a hub dataset that cannot be reached (offline here): one line naming data.data_files
+        "could not be loaded from the Hugging Face hub": (
+            "fit",
+            demo(
+                seq,
+                "finetune",
+                tmp,
+                "--data.init_args.dataset",
+                "no-such-user/no-such-dataset",
+                "--data.init_args.data_files",
+                "null",
+            ),
+        ),
         # nothing lost: a fresh fit into a finished run's folder, labels twice, inputs past the positions
         "holds an earlier run": ("fit", demo(seq, "finetune", tmp, overwrite=False)),
         "data.label_names names ['positive'] more than once": (
-            "fit", demo(seq, "finetune", tmp, "--data.init_args.label_names", "[negative, positive, positive]")),
+            "fit",
+            demo(seq, "finetune", tmp, "--data.init_args.label_names", "[negative, positive, positive]"),
+        ),
         "data.max_length 512 is longer than the model's 128 positions": (
-            "fit", demo(seq, "finetune", tmp, "--data.init_args.max_length", "512")),
-        "model.learning_rate is -1": ("fit", demo(seq, "finetune", tmp, "--model.init_args.learning_rate", "-1")),
+            "fit",
+            demo(seq, "finetune", tmp, "--data.init_args.max_length", "512"),
+        ),
+        "model.learning_rate is -1": (
+            "fit",
+            demo(seq, "finetune", tmp, "--model.init_args.learning_rate", "-1"),
+        ),
         "data.batch_size is 0": ("fit", demo(seq, "finetune", tmp, "--data.init_args.batch_size", "0")),
         "is not UTF-8": ("fit", demo(seq, "finetune", tmp, *files(tmp / "latin1.tsv"))),
         "has 3 'tokens' but 2 'tags'": ("fit", demo(tok, "finetune", tmp, *files(tmp / "mismatch.jsonl"))),
         "is a file: give a folder": ("fit", demo(seq, "finetune", tmp, "--out_dir", str(tmp / "not_a_dir"))),
-        "--threads is 0": ("benchmark", ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"), "--out",
-                                         str(tmp / "bench"), "--threads", "0", "--model", f"t={teacher}"]),
-        "pickled Python objects": distill()[:1] + (demo(seq, "distill", tmp, "--model.init_args.teacher",
-                                                        str(tmp / "pickled.ckpt")),),
+        "--threads is 0": (
+            "benchmark",
+            [
+                "--data",
+                str(ROOT / "configs/demo-sequence/qat.yaml"),
+                "--out",
+                str(tmp / "bench"),
+                "--threads",
+                "0",
+                "--model",
+                f"t={teacher}",
+            ],
+        ),
+        "pickled Python objects": distill()[:1]
+        + (demo(seq, "distill", tmp, "--model.init_args.teacher", str(tmp / "pickled.ckpt")),),
         "data.max_length is 0": ("fit", demo(seq, "finetune", tmp, "--data.init_args.max_length", "0")),
-        "row 2 has an empty 'sentence'": ("fit", demo(seq, "finetune", tmp, *files(tmp / "empty.tsv"),
-                                                      "--data.init_args.text_column", "sentence")),
+        "row 2 has an empty 'sentence'": (
+            "fit",
+            demo(seq, "finetune", tmp, *files(tmp / "empty.tsv"), "--data.init_args.text_column", "sentence"),
+        ),
         "is a folder: give a .ckpt file": ("fit", demo(seq, "finetune", tmp, "--ckpt_path", str(tmp))),
         # ten more
-        "names a layer that does not exist": distill("--model.init_args.hidden_weight", "1",
-                                                     "--model.init_args.layer_map", "{1: 9}"),
-        "names layers outside": distill("--model.init_args.student_config", "null",
-                                        "--model.init_args.student_layers", "[0, 5]"),
-        "teacher labels ['negative', 'positive'] differ": distill("--data.init_args.label_names",
-                                                                   "[positive, negative]"),
-        "is a token-classification model but the data is sequence": ("fit", demo(
-            seq, "distill", tmp, "--model.init_args.teacher", token_ckpt)),
+        "names a layer that does not exist": distill(
+            "--model.init_args.hidden_weight", "1", "--model.init_args.layer_map", "{1: 9}"
+        ),
+        "names layers outside": distill(
+            "--model.init_args.student_config", "null", "--model.init_args.student_layers", "[0, 5]"
+        ),
+        "teacher labels ['negative', 'positive'] differ": distill(
+            "--data.init_args.label_names", "[positive, negative]"
+        ),
+        "is a token-classification model but the data is sequence": (
+            "fit",
+            demo(seq, "distill", tmp, "--model.init_args.teacher", token_ckpt),
+        ),
         "not_yaml.yaml": ("fit", ["--config", str(tmp / "not_yaml.yaml")]),
-        "a fraction": ("fit", demo(seq, "finetune", tmp, *files(tmp / "floats.tsv"),
-                                   "--data.init_args.text_column", "sentence")),
+        "a fraction": (
+            "fit",
+            demo(
+                seq, "finetune", tmp, *files(tmp / "floats.tsv"), "--data.init_args.text_column", "sentence"
+            ),
+        ),
         "the temperature must be above 0": distill("--model.init_args.temperature", "0"),
-        "model.warmup_ratio is 1.5": ("fit", demo(seq, "finetune", tmp, "--model.init_args.warmup_ratio", "1.5")),
+        "model.warmup_ratio is 1.5": (
+            "fit",
+            demo(seq, "finetune", tmp, "--model.init_args.warmup_ratio", "1.5"),
+        ),
         "data.num_workers is -1": ("fit", demo(seq, "finetune", tmp, "--data.init_args.num_workers", "-1")),
-        "is an int8 model folder": ("fit", demo(seq, "qat", tmp, "--model.init_args.model_name_or_path",
-                                                str(tmp / "int8_model"), "--model.init_args.teacher", "null")),
+        "is an int8 model folder": (
+            "fit",
+            demo(
+                seq,
+                "qat",
+                tmp,
+                "--model.init_args.model_name_or_path",
+                str(tmp / "int8_model"),
+                "--model.init_args.teacher",
+                "null",
+            ),
+        ),
         "input 2 is empty": ("classify", [str(tmp / "sequence_finetune" / "model"), "fine", " "]),
-        "fp16 export is for fp32 models": ("export", ["onnx", "--model", str(tmp / "int8_model"), "--out", str(tmp / "fp16"),
-                                                 "--data", str(ROOT / "configs/demo-sequence/qat.yaml"), "--fp16"]),
-        "prune the vocabulary of its fp32 model": ("export", ["prune-vocab", "--model", str(tmp / "int8_model"),
-            "--out", str(tmp / "vocab"), "--data", str(ROOT / "configs/demo-sequence/qat.yaml")]),
+        "fp16 export is for fp32 models": (
+            "export",
+            [
+                "onnx",
+                "--model",
+                str(tmp / "int8_model"),
+                "--out",
+                str(tmp / "fp16"),
+                "--data",
+                str(ROOT / "configs/demo-sequence/qat.yaml"),
+                "--fp16",
+            ],
+        ),
+        "prune the vocabulary of its fp32 model": (
+            "export",
+            [
+                "prune-vocab",
+                "--model",
+                str(tmp / "int8_model"),
+                "--out",
+                str(tmp / "vocab"),
+                "--data",
+                str(ROOT / "configs/demo-sequence/qat.yaml"),
+            ],
+        ),
         # GPU paths asked for on a machine without them (where they exist, these are not errors)
-        **({"has no CUDAExecutionProvider": ("benchmark", ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"),
-             "--out", str(tmp / "bench"), "--provider", "cuda", "--model", f"t={teacher}"])}
-           if "CUDAExecutionProvider" not in onnxruntime.get_available_providers() else {}),
-        **({"torch sees no CUDA device": ("benchmark", ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"),
-             "--out", str(tmp / "bench"), "--device", "cuda", "--model", f"t={teacher}"])}
-           if not torch.cuda.is_available() else {}),
-    }  # fmt: skip
+        **(
+            {
+                "has no CUDAExecutionProvider": (
+                    "benchmark",
+                    [
+                        "--data",
+                        str(ROOT / "configs/demo-sequence/qat.yaml"),
+                        "--out",
+                        str(tmp / "bench"),
+                        "--provider",
+                        "cuda",
+                        "--model",
+                        f"t={teacher}",
+                    ],
+                )
+            }
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+            else {}
+        ),
+        **(
+            {
+                "torch sees no CUDA device": (
+                    "benchmark",
+                    [
+                        "--data",
+                        str(ROOT / "configs/demo-sequence/qat.yaml"),
+                        "--out",
+                        str(tmp / "bench"),
+                        "--device",
+                        "cuda",
+                        "--model",
+                        f"t={teacher}",
+                    ],
+                )
+            }
+            if not torch.cuda.is_available()
+            else {}
+        ),
+    }
 
 
 def run(kind: str, args: list[str]) -> int:
@@ -152,8 +273,14 @@ def test_a_standard_lightning_callback_from_the_command_line(runs):
     """Timer's enum default (interval=Interval.step) once broke the saved config with a traceback, and
     a callback without arguments (no init_args in its config) once broke the output paths."""
     args = demo("sequence", "finetune", runs, "--out_dir", str(runs / "timer"))
-    cli.main(["fit", *args, "--trainer.callbacks+=lightning.pytorch.callbacks.Timer",
-              "--trainer.callbacks+=lightning.pytorch.callbacks.Callback"])  # fmt: skip
+    cli.main(
+        [
+            "fit",
+            *args,
+            "--trainer.callbacks+=lightning.pytorch.callbacks.Timer",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.Callback",
+        ]
+    )
     saved = [p.read_text() for p in (runs / "csv").rglob("config.yaml")]  # beside the CSV logs
     assert any("lightning.pytorch.callbacks.Timer" in c and "interval: step" in c for c in saved)
     assert (runs / "timer" / "model" / "model.safetensors").is_file()

@@ -58,6 +58,13 @@ def test_fit_resume_test_predict(tmp_path, task, metric):
     # resume continues the step count: 1 more epoch on top of the first 2
     resumed = run_cli("fit", *args, "--trainer.max_epochs", "3", "--ckpt_path", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the last line: the model folder's validation scores, as its card records them
+    final = resumed.stderr.strip().splitlines()[-1]
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert final.startswith("FineTuneModule finished: ") and f"{metric} " in final, final
+    score = float(final.split(f"{metric} ")[1].split()[0].rstrip(","))
+    in_card = float(card.split(f"| {metric} | ")[1].split(" |")[0])
+    assert abs(score - in_card) < 1e-4, (score, in_card)
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == steps + 63
 

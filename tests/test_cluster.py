@@ -46,17 +46,27 @@ def test_wandb_gets_losses_kd_terms_lr_throughput_and_config_but_not_the_api_key
     teacher = run_cli("fit", *tiny_args("sequence", tmp_path, "--trainer.max_epochs", "1"), cwd=tmp_path)
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     args = [
-        "--config", str(ROOT / "configs" / "demo-sequence" / "distill.yaml"),
-        "--model.init_args.teacher", str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
-        "--model.init_args.cache_dir", str(tmp_path / "cache"),
-        "--data.init_args.cache_dir", str(tmp_path / "cache"),
-        "--data.init_args.max_train_samples", "320",
-        "--data.init_args.max_eval_samples", "64",
-        "--trainer.max_epochs", "1",
-        "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--out_dir", str(tmp_path / "student"),
-    ]  # fmt: skip
+        "--config",
+        str(ROOT / "configs" / "demo-sequence" / "distill.yaml"),
+        "--model.init_args.teacher",
+        str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+        "--model.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.init_args.max_train_samples",
+        "320",
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--out_dir",
+        str(tmp_path / "student"),
+    ]
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -67,10 +77,17 @@ def test_wandb_gets_losses_kd_terms_lr_throughput_and_config_but_not_the_api_key
     assert result.returncode == 0, result.stderr[-3000:]
     records = wandb_records(tmp_path / "student")
     for key in (
-        "train/loss", "train/kd_loss", "train/ce_loss", "lr-AdamW", "val/accuracy", "val/loss",
-        "train/device/samples_per_sec", "train/device/items_per_sec", "train/device/batches_per_sec",
+        "train/loss",
+        "train/kd_loss",
+        "train/ce_loss",
+        "lr-AdamW",
+        "val/accuracy",
+        "val/loss",
+        "train/device/samples_per_sec",
+        "train/device/items_per_sec",
+        "train/device/batches_per_sec",
         "trainer/global_step",
-    ):  # fmt: skip
+    ):
         assert key.encode() in records, key
     assert b"temperature" in records and b"teacher_cache" in records  # the resolved config
     leaked = [
@@ -81,9 +98,10 @@ def test_wandb_gets_losses_kd_terms_lr_throughput_and_config_but_not_the_api_key
 
 def test_16_mixed_on_cpu_falls_back_to_bf16(tmp_path):
     result = run_cli(
-        "fit", *tiny_args("sequence", tmp_path, "--trainer.max_epochs", "1", "--trainer.precision", "16-mixed"),
+        "fit",
+        *tiny_args("sequence", tmp_path, "--trainer.max_epochs", "1", "--trainer.precision", "16-mixed"),
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Using bfloat16 Automatic Mixed Precision" in result.stderr  # Lightning's fallback, logged
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()

@@ -27,8 +27,13 @@ def weights(module: L.LightningModule) -> dict[str, torch.Tensor]:
 def fine_tune(tmp_path, compiled, ckpt_path=None, precision="32-true", every=None) -> FineTuneModule:
     L.seed_everything(0)
     dm = datamodule("sequence", tmp_path / "cache")
-    module = FineTuneModule(model_config=ONE_LAYER, task="sequence", label_names=dm.label_names,
-                            learning_rate=1e-3, torch_compile=compiled)  # fmt: skip
+    module = FineTuneModule(
+        model_config=ONE_LAYER,
+        task="sequence",
+        label_names=dm.label_names,
+        learning_rate=1e-3,
+        torch_compile=compiled,
+    )
     saving = [ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=every, save_top_k=-1)] if every else []
     run = trainer(max_steps=6, precision=precision, callbacks=saving, enable_checkpointing=bool(every))
     run.fit(module, dm, ckpt_path=ckpt_path)
@@ -55,8 +60,16 @@ def distill_from_teacher_cache(tmp_path, teacher: str, **options) -> Distillatio
     student = dict(STUDENT, num_hidden_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     L.seed_everything(0)
     dm = datamodule("sequence", tmp_path / "cache")
-    module = DistillationModule(teacher=teacher, student_config=student, task="sequence", label_names=dm.label_names,
-                                teacher_cache=True, cache_dir=str(tmp_path / "cache"), learning_rate=1e-3, **options)  # fmt: skip
+    module = DistillationModule(
+        teacher=teacher,
+        student_config=student,
+        task="sequence",
+        label_names=dm.label_names,
+        teacher_cache=True,
+        cache_dir=str(tmp_path / "cache"),
+        learning_rate=1e-3,
+        **options,
+    )
     trainer(max_steps=6).fit(module, dm)
     assert module.teacher._logits is not None
     return module
@@ -74,8 +87,12 @@ def test_compiled_distillation_with_teacher_cache_equals_eager(tmp_path):
 
 def test_stages_that_train_eager_refuse_compile_in_one_line(tmp_path):
     with pytest.raises(InputError, match="torch_compile is for fine-tuning and distillation: QATModule"):
-        QATModule(model_name_or_path=fine_tuned_checkpoint("sequence", tmp_path), task="sequence",
-                  label_names=["negative", "positive"], torch_compile=True)  # fmt: skip
+        QATModule(
+            model_name_or_path=fine_tuned_checkpoint("sequence", tmp_path),
+            task="sequence",
+            label_names=["negative", "positive"],
+            torch_compile=True,
+        )
 
 
 def test_auto_compiles_with_inductor_only_for_bf16_on_a_cpu_with_amx(tmp_path, monkeypatch):
@@ -108,5 +125,9 @@ def test_auto_compiles_with_inductor_only_for_bf16_on_a_cpu_with_amx(tmp_path, m
     trainer(max_steps=2, precision="bf16-mixed", enable_checkpointing=False).fit(module, dm)
     assert module.model._compiled_call_impl is None
     # the stages that never compile accept auto
-    QATModule(model_name_or_path=fine_tuned_checkpoint("sequence", tmp_path), task="sequence",
-              label_names=["negative", "positive"], torch_compile="auto")  # fmt: skip
+    QATModule(
+        model_name_or_path=fine_tuned_checkpoint("sequence", tmp_path),
+        task="sequence",
+        label_names=["negative", "positive"],
+        torch_compile="auto",
+    )

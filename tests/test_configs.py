@@ -19,8 +19,9 @@ def test_one_convention_task_folder_and_stage_name():
     """configs/<task>/<stage>.yaml and nothing else: every folder a task (or the shared callbacks),
     every file a stage, the task's data.yaml, or the one shared logger."""
     folders = sorted(p.name for p in (ROOT / "configs").iterdir() if p.is_dir())
-    assert folders == sorted(["callbacks", "conll2003", "sst2", "demo-sequence", "demo-token", "demo-pair",
-                              "demo-rating", *GLUE])  # fmt: skip
+    assert folders == sorted(
+        ["callbacks", "conll2003", "sst2", "demo-sequence", "demo-token", "demo-pair", "demo-rating", *GLUE]
+    )
     assert [p.name for p in (ROOT / "configs").glob("*.yaml")] == ["wandb.yaml"]
     for folder in folders:
         if folder != "callbacks":
@@ -47,8 +48,13 @@ def test_recipe_resolves_to_a_full_config(recipe, capsys):
     assert exit_info.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"]]
-    assert callbacks == ["ModelCheckpoint", "LearningRateMonitor", "ResumeCheckpoint", "ThroughputLogger",
-                         "PredictionWriter"]  # fmt: skip
+    assert callbacks == [
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+        "ResumeCheckpoint",
+        "ThroughputLogger",
+        "PredictionWriter",
+    ]
     monitor = config["trainer"]["callbacks"][0]["init_args"]["monitor"]
     token = recipe.parent.name in ("demo-token", "conll2003")
     assert monitor == (
@@ -61,8 +67,9 @@ def test_recipe_resolves_to_a_full_config(recipe, capsys):
     # ... and split batches by length on CPU, on random batches: the same batches as the Trainer's default
     assert config["model"]["init_args"].get("split_by_length", False) == ("auto" if compiles else False)
     assert config["data"]["init_args"].get("group_by_length") is False
-    assert config["data"]["class_path"].endswith("TokenClassificationDataModule" if token else
-                                                  "SequenceClassificationDataModule")  # fmt: skip
+    assert config["data"]["class_path"].endswith(
+        "TokenClassificationDataModule" if token else "SequenceClassificationDataModule"
+    )
 
 
 def test_glue_data_files_are_the_task_table():

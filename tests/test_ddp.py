@@ -83,9 +83,19 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
     assert sorted(synced) == sorted(
         f"{p}/{m}" for p in ("val", "val_test") for m in ("accuracy", "f1_macro", "mcc")
     )
-    alone = run_cli("validate", *args[:2], "--model.init_args.teacher", str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
-                    "--ckpt_path", str(tmp_path / "student" / "checkpoints" / "last.ckpt"), "--out_dir", str(tmp_path / "alone"),
-                    *scored, *small, cwd=tmp_path)  # fmt: skip
+    alone = run_cli(
+        "validate",
+        *args[:2],
+        "--model.init_args.teacher",
+        str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
+        "--ckpt_path",
+        str(tmp_path / "student" / "checkpoints" / "last.ckpt"),
+        "--out_dir",
+        str(tmp_path / "alone"),
+        *scored,
+        *small,
+        cwd=tmp_path,
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
     metrics = json.loads((tmp_path / "alone" / "validate_metrics.json").read_text())
     for key, value in synced.items():
@@ -96,19 +106,51 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
 def test_prune_ddp_two_processes_makes_the_same_decisions_on_both_ranks(tmp_path):
     """Each pruning event checks (all_gather) that both ranks removed the same units; rank 0's
     checkpoint holds the full schedule."""
-    small = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
-             "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    teacher = run_cli("fit", "--config", str(ROOT / "configs" / "demo-sequence" / "finetune.yaml"),
-                      "--out_dir", str(tmp_path / "teacher"), "--trainer.max_epochs", "1", *small, cwd=tmp_path)  # fmt: skip
+    small = [
+        "--data.init_args.max_train_samples",
+        "128",
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    teacher = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "demo-sequence" / "finetune.yaml"),
+        "--out_dir",
+        str(tmp_path / "teacher"),
+        "--trainer.max_epochs",
+        "1",
+        *small,
+        cwd=tmp_path,
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     args = [
-        "--config", str(ROOT / "configs" / "demo-sequence" / "prune.yaml"),
-        "--model.init_args.model_name_or_path", str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
-        "--model.init_args.teacher", "null", "--model.init_args.pruning_end", "1.0",
-        "--model.init_args.cache_dir", str(tmp_path / "cache"),
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--trainer.max_epochs", "3", "--out_dir", str(tmp_path / "pruned"), *small,
-    ]  # fmt: skip
+        "--config",
+        str(ROOT / "configs" / "demo-sequence" / "prune.yaml"),
+        "--model.init_args.model_name_or_path",
+        str(tmp_path / "teacher" / "checkpoints" / "last.ckpt"),
+        "--model.init_args.teacher",
+        "null",
+        "--model.init_args.pruning_end",
+        "1.0",
+        "--model.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "3",
+        "--out_dir",
+        str(tmp_path / "pruned"),
+        *small,
+    ]
     result = run_cli_process("fit", *args, cwd=tmp_path, timeout=300)  # DDP: never in the pytest process
     assert result.returncode == 0, result.stderr[-3000:]
     last = torch.load(
@@ -127,14 +169,35 @@ def test_ddp_run_crashed_mid_epoch_resumes_exactly(grouped, tmp_path):
     order); random: Lightning's DistributedSampler."""
     from tests.test_resume import args, assert_same_training, final_state, step_of
 
-    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-           "--trainer.max_epochs", "3", "--data.init_args.group_by_length", str(grouped).lower()]  # fmt: skip
+    ddp = [
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "3",
+        "--data.init_args.group_by_length",
+        str(grouped).lower(),
+    ]
     env = dict(ENV, PYTHONPATH=str(ROOT))  # the crash callback lives in tests/
 
     def fit(run: str, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "fit",
-                               *args("finetune", tmp_path, run, *ddp), *extra],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "train.py"),
+                "fit",
+                *args("finetune", tmp_path, run, *ddp),
+                *extra,
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     whole = fit("whole")
     assert whole.returncode == 0, whole.stderr[-3000:]

@@ -35,17 +35,26 @@ def csv_only(tmp: Path) -> str:
 
 def fit_args(task: str, tmp: Path, tokenizer: str, *extra: str) -> list[str]:
     return [
-        "--config", str(ROOT / "configs" / f"demo-{task}" / "finetune.yaml"),
-        "--config", csv_only(tmp),
-        "--data.init_args.tokenizer", tokenizer,
-        "--data.init_args.max_train_samples", "640",
-        "--data.init_args.max_eval_samples", "96",
-        "--data.init_args.cache_dir", str(tmp / "cache"),
-        "--out_dir", str(tmp / "run"),
-        "--trainer.max_epochs", "2",
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        str(ROOT / "configs" / f"demo-{task}" / "finetune.yaml"),
+        "--config",
+        csv_only(tmp),
+        "--data.init_args.tokenizer",
+        tokenizer,
+        "--data.init_args.max_train_samples",
+        "640",
+        "--data.init_args.max_eval_samples",
+        "96",
+        "--data.init_args.cache_dir",
+        str(tmp / "cache"),
+        "--out_dir",
+        str(tmp / "run"),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture(scope="module", params=["sequence", "token"])
@@ -104,8 +113,12 @@ def test_pipeline_loads_the_folder_without_shrink_and_predicts_like_shrink_predi
     inputs = [r["text"] for r in rows] if task == "sequence" else [r["tokens"] for r in rows]
     result = subprocess.run(
         [sys.executable, "-c", PIPELINE, str(tmp / "run" / "model"), task, json.dumps(inputs)],
-        capture_output=True, text=True, env=ENV, cwd=tmp, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     from_pipeline = json.loads(result.stdout.strip().splitlines()[-1])
     expected = [p["label"] if task == "sequence" else p["labels"] for p in predicted]
@@ -122,22 +135,98 @@ def test_a_moved_checkpoint_exports_benchmarks_and_teaches_without_its_tokenizer
         config = str(ROOT / "configs" / f"demo-{task}" / "qat.yaml")
         cache = f"cache_dir={tmp / 'cache'}"
         onnx = tmp / "elsewhere" / "onnx"
-        export.main(["onnx", "--model", str(moved), "--out", str(onnx), "--data", config, "--set", cache,
-                     "--set", "max_eval_samples=64"])  # fmt: skip
+        export.main(
+            [
+                "onnx",
+                "--model",
+                str(moved),
+                "--out",
+                str(onnx),
+                "--data",
+                config,
+                "--set",
+                cache,
+                "--set",
+                "max_eval_samples=64",
+            ]
+        )
         assert (onnx / "model.onnx").is_file() and (onnx / "tokenizer.json").is_file()
-        benchmark.main(["--data", config, "--set", cache, "--out", str(tmp / "bench"), "--max-eval-samples", "64",
-                        "--latency-samples", "5", "--long-repeats", "2", "--throughput-batches", "1",
-                        "--model", f"moved={moved}", "--model", f"onnx={onnx}"])  # fmt: skip
+        benchmark.main(
+            [
+                "--data",
+                config,
+                "--set",
+                cache,
+                "--out",
+                str(tmp / "bench"),
+                "--max-eval-samples",
+                "64",
+                "--latency-samples",
+                "5",
+                "--long-repeats",
+                "2",
+                "--throughput-batches",
+                "1",
+                "--model",
+                f"moved={moved}",
+                "--model",
+                f"onnx={onnx}",
+            ]
+        )
         rows = json.loads((tmp / "bench" / "benchmark.json").read_text())["rows"]
         assert [r["runtime"] for r in rows] == ["pytorch", "onnxruntime"] and rows[1]["retention"] == 1.0
+        # the model folder scored by the benchmark equals the score its card records (both fp32 here;
+        # benchmark.md says why a bf16-trained card may differ in the last digits)
+        benchmark.main(
+            [
+                "--data",
+                config,
+                "--set",
+                cache,
+                "--out",
+                str(tmp / "bench_folder"),
+                "--max-eval-samples",
+                "96",
+                "--latency-samples",
+                "2",
+                "--long-repeats",
+                "1",
+                "--throughput-batches",
+                "1",
+                "--model",
+                f"folder={tmp / 'run' / 'model'}",
+            ]
+        )
+        row = json.loads((tmp / "bench_folder" / "benchmark.json").read_text())["rows"][0]
+        metric = "accuracy" if task == "sequence" else "f1"
+        card = (tmp / "run" / "model" / "README.md").read_text()
+        assert row[metric] == pytest.approx(
+            float(card.split(f"| val/{metric} | ")[1].split(" |")[0]), abs=1e-4
+        )
+        assert "training precision" in (tmp / "bench_folder" / "benchmark.md").read_text()
         # distill from the moved teacher with the same vocabulary under another name ("demo")
         distill = [
-            "--config", str(ROOT / "configs" / f"demo-{task}" / "distill.yaml"), "--config", csv_only(tmp),
-            "--model.init_args.teacher", str(moved), "--data.init_args.max_train_samples", "64",
-            "--data.init_args.max_eval_samples", "32", "--data.init_args.cache_dir", str(tmp / "cache"),
-            "--model.init_args.cache_dir", str(tmp / "cache"), "--out_dir", str(tmp / "distill"),
-            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-        ]  # fmt: skip
+            "--config",
+            str(ROOT / "configs" / f"demo-{task}" / "distill.yaml"),
+            "--config",
+            csv_only(tmp),
+            "--model.init_args.teacher",
+            str(moved),
+            "--data.init_args.max_train_samples",
+            "64",
+            "--data.init_args.max_eval_samples",
+            "32",
+            "--data.init_args.cache_dir",
+            str(tmp / "cache"),
+            "--model.init_args.cache_dir",
+            str(tmp / "cache"),
+            "--out_dir",
+            str(tmp / "distill"),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
         cli.main(["fit", *distill])
         card = (tmp / "distill" / "model" / "README.md").read_text()
         assert "DistillationModule" in card and "FineTuneModule" in card  # lineage teacher -> student
@@ -145,15 +234,40 @@ def test_a_moved_checkpoint_exports_benchmarks_and_teaches_without_its_tokenizer
         ptq = tmp / "distill" / "ptq.int8.ckpt"
         student = tmp / "distill" / "checkpoints" / "last.ckpt"
         result = run_script(
-            "export.py", "ptq", "--model", str(student), "--out", str(ptq), "--overwrite", "--data", config,
-            "--set", f"cache_dir={tmp / 'cache'}", "--set", "max_train_samples=64", cwd=tmp,
-        )  # fmt: skip
+            "export.py",
+            "ptq",
+            "--model",
+            str(student),
+            "--out",
+            str(ptq),
+            "--overwrite",
+            "--data",
+            config,
+            "--set",
+            f"cache_dir={tmp / 'cache'}",
+            "--set",
+            "max_train_samples=64",
+            cwd=tmp,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         result = run_cli(
-            "test", "--config", config, "--config", csv_only(tmp), "--ckpt_path", str(ptq),
-            "--model.init_args.teacher", "null", "--data.init_args.max_eval_samples", "32",
-            "--data.init_args.cache_dir", str(tmp / "cache"), "--out_dir", str(tmp / "ptq_test"), cwd=tmp,
-        )  # fmt: skip
+            "test",
+            "--config",
+            config,
+            "--config",
+            csv_only(tmp),
+            "--ckpt_path",
+            str(ptq),
+            "--model.init_args.teacher",
+            "null",
+            "--data.init_args.max_eval_samples",
+            "32",
+            "--data.init_args.cache_dir",
+            str(tmp / "cache"),
+            "--out_dir",
+            str(tmp / "ptq_test"),
+            cwd=tmp,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert (tmp / "ptq_test" / "test_metrics.json").is_file()
     finally:
@@ -164,8 +278,22 @@ def test_onnx_folder_and_shrink_classify_on_raw_text(fitted, tmp_path, capsys):
     task, tmp, _ = fitted
     config = str(ROOT / "configs" / f"demo-{task}" / "qat.yaml")
     out = tmp_path / "onnx-int8"
-    export.main(["onnx", "--model", str(tmp / "run" / "model"), "--out", str(out), "--data", config, "--int8",
-                 "--set", f"cache_dir={tmp / 'cache'}", "--set", "max_eval_samples=64"])  # fmt: skip
+    export.main(
+        [
+            "onnx",
+            "--model",
+            str(tmp / "run" / "model"),
+            "--out",
+            str(out),
+            "--data",
+            config,
+            "--int8",
+            "--set",
+            f"cache_dir={tmp / 'cache'}",
+            "--set",
+            "max_eval_samples=64",
+        ]
+    )
     parity = json.loads((out / "parity.json").read_text())
     assert parity["int8"] and parity["agreement"] >= 0.995 and parity["int8_kernel"] == "u8s8"
     assert parity["scheme"] == "static"

@@ -264,9 +264,13 @@ def test_teacher_cache_with_a_teacher_tokenizer_that_keeps_fewer_words(tmp_path)
     for use_cache in (False, True):
         L.seed_everything(1)
         module = DistillationModule(
-            teacher=str(tmp_path / "teacher.ckpt"), student_config=STUDENT, task="token",
-            label_names=dm.label_names, teacher_cache=use_cache, cache_dir=str(tmp_path),
-        )  # fmt: skip
+            teacher=str(tmp_path / "teacher.ckpt"),
+            student_config=STUDENT,
+            task="token",
+            label_names=dm.label_names,
+            teacher_cache=use_cache,
+            cache_dir=str(tmp_path),
+        )
         trainer(max_steps=2).fit(module, dm)
         modules.append(module.eval())
     data = dm.encoded_split("train")

@@ -37,12 +37,31 @@ def test_16_mixed_compiled_on_cuda_keeps_the_scaler_and_resumes_mid_epoch(tmp_pa
 
 def test_benchmark_on_cuda_scores_what_the_cpu_scores(tmp_path):
     checkpoint = fine_tuned_checkpoint("sequence", tmp_path)
-    data = ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"), "--set", f"cache_dir={tmp_path}",
-            "--latency-samples", "8", "--long-repeats", "2", "--throughput-batches", "1"]  # fmt: skip
+    data = [
+        "--data",
+        str(ROOT / "configs/demo-sequence/qat.yaml"),
+        "--set",
+        f"cache_dir={tmp_path}",
+        "--latency-samples",
+        "8",
+        "--long-repeats",
+        "2",
+        "--throughput-batches",
+        "1",
+    ]
     rows = {}
     for device in ("cpu", "cuda"):
-        result = run_script("benchmark.py", "--model", f"m={checkpoint}", *data, "--device", device,
-                            "--out", str(tmp_path / device), cwd=tmp_path)  # fmt: skip
+        result = run_script(
+            "benchmark.py",
+            "--model",
+            f"m={checkpoint}",
+            *data,
+            "--device",
+            device,
+            "--out",
+            str(tmp_path / device),
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         rows[device] = json.loads((tmp_path / device / "benchmark.json").read_text())["rows"][0]
     assert rows["cuda"]["runtime"] == "pytorch cuda"
@@ -54,14 +73,39 @@ def test_fp16_onnx_on_the_cuda_provider_keeps_parity(tmp_path):
     checkpoint = fine_tuned_checkpoint("sequence", tmp_path)
     data = ["--data", str(ROOT / "configs/demo-sequence/qat.yaml"), "--set", f"cache_dir={tmp_path}"]
     out = tmp_path / "onnx-fp16"
-    export = run_script("export.py", "onnx", "--model", checkpoint, "--out", str(out), *data, "--fp16",
-                        "--provider", "cuda", cwd=tmp_path)  # fmt: skip
+    export = run_script(
+        "export.py",
+        "onnx",
+        "--model",
+        checkpoint,
+        "--out",
+        str(out),
+        *data,
+        "--fp16",
+        "--provider",
+        "cuda",
+        cwd=tmp_path,
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     report = json.loads((out / "parity.json").read_text())
     assert report["fp16"] and report["provider"] == "cuda" and report["agreement"] >= 0.995, report
-    result = run_script("benchmark.py", "--model", f"fp16={out}", *data, "--provider", "cuda", "--out",
-                        str(tmp_path / "bench"), "--latency-samples", "8", "--long-repeats", "2",
-                        "--throughput-batches", "1", cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "benchmark.py",
+        "--model",
+        f"fp16={out}",
+        *data,
+        "--provider",
+        "cuda",
+        "--out",
+        str(tmp_path / "bench"),
+        "--latency-samples",
+        "8",
+        "--long-repeats",
+        "2",
+        "--throughput-batches",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads((tmp_path / "bench" / "benchmark.json").read_text())["rows"][0]
     assert row["runtime"] == "onnxruntime cuda" and row["accuracy"] > 0

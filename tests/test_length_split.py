@@ -105,8 +105,14 @@ def test_split_distillation_with_hidden_and_attention_transfer_has_the_padded_ba
     dm = datamodule("token", tmp_path)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    module = DistillationModule(teacher=teacher, student_config=dict(STUDENT, **NO_DROPOUT), task="token",
-                                label_names=dm.label_names, hidden_weight=1.0, attention_weight=1.0).train()  # fmt: skip
+    module = DistillationModule(
+        teacher=teacher,
+        student_config=dict(STUDENT, **NO_DROPOUT),
+        task="token",
+        label_names=dm.label_names,
+        hidden_weight=1.0,
+        attention_weight=1.0,
+    ).train()
     teacher_calls = count_calls(module.teacher.model)
     whole = loss_and_gradients(module, batch, False, module.distillation_losses)
     split = loss_and_gradients(module, batch, True, module.distillation_losses)
@@ -118,8 +124,14 @@ def test_split_distillation_with_hidden_and_attention_transfer_has_the_padded_ba
 def fit(tmp_path, split, compiled=False) -> FineTuneModule:
     L.seed_everything(0)
     dm = datamodule("sequence", tmp_path / "cache")
-    module = FineTuneModule(model_config=ONE_LAYER, task="sequence", label_names=dm.label_names,
-                            learning_rate=1e-3, split_by_length=split, torch_compile=compiled)  # fmt: skip
+    module = FineTuneModule(
+        model_config=ONE_LAYER,
+        task="sequence",
+        label_names=dm.label_names,
+        learning_rate=1e-3,
+        split_by_length=split,
+        torch_compile=compiled,
+    )
     trainer(max_steps=6).fit(module, dm)
     return module
 

@@ -30,8 +30,12 @@ def pretrained(tmp_path_factory) -> str:
 
 def test_merged_lora_model_gives_the_adapter_models_logits(pretrained, tmp_path):
     dm = datamodule("sequence", tmp_path)
-    module = FineTuneModule(model_name_or_path=pretrained, task="sequence", label_names=dm.label_names,
-                            lora={"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]})  # fmt: skip
+    module = FineTuneModule(
+        model_name_or_path=pretrained,
+        task="sequence",
+        label_names=dm.label_names,
+        lora={"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]},
+    )
     trained = [n for n, p in module.model.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n or "classifier" in n for n in trained)
     with torch.no_grad():  # LoRA's B starts at zero: give the adapters weights so the merge matters
@@ -53,11 +57,28 @@ def test_merged_lora_model_gives_the_adapter_models_logits(pretrained, tmp_path)
 
 def test_lora_recipe_checkpoints_hold_adapters_and_the_folder_is_merged(pretrained, tmp_path):
     run = tmp_path / "run"
-    result = run_cli("fit", "--config", str(ROOT / "configs/demo-sequence/finetune.yaml"),
-                     "--model.init_args.model_config", "null", "--model.init_args.model_name_or_path", pretrained,
-                     "--model.init_args.lora", "{r: 4, lora_alpha: 8}", "--trainer.max_epochs", "1",
-                     "--data.init_args.max_train_samples", "96", "--data.init_args.max_eval_samples", "32",
-                     "--data.init_args.cache_dir", str(tmp_path / "cache"), "--out_dir", str(run), cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo-sequence/finetune.yaml"),
+        "--model.init_args.model_config",
+        "null",
+        "--model.init_args.model_name_or_path",
+        pretrained,
+        "--model.init_args.lora",
+        "{r: 4, lora_alpha: 8}",
+        "--trainer.max_epochs",
+        "1",
+        "--data.init_args.max_train_samples",
+        "96",
+        "--data.init_args.max_eval_samples",
+        "32",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--out_dir",
+        str(run),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     full = load_classifier(str(run / "model"), "sequence")
@@ -66,14 +87,38 @@ def test_lora_recipe_checkpoints_hold_adapters_and_the_folder_is_merged(pretrain
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
     # resuming rebuilds the frozen base and loads the adapters: test the best checkpoint
-    tested = run_cli("test", "--config", str(ROOT / "configs/demo-sequence/finetune.yaml"),
-                     "--model.init_args.model_config", "null", "--model.init_args.model_name_or_path", pretrained,
-                     "--model.init_args.lora", "{r: 4, lora_alpha: 8}", "--data.init_args.max_eval_samples", "32",
-                     "--data.init_args.cache_dir", str(tmp_path / "cache"), "--out_dir", str(run), "--ckpt_path", "best",
-                     cwd=tmp_path)  # fmt: skip
+    tested = run_cli(
+        "test",
+        "--config",
+        str(ROOT / "configs/demo-sequence/finetune.yaml"),
+        "--model.init_args.model_config",
+        "null",
+        "--model.init_args.model_name_or_path",
+        pretrained,
+        "--model.init_args.lora",
+        "{r: 4, lora_alpha: 8}",
+        "--data.init_args.max_eval_samples",
+        "32",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--out_dir",
+        str(run),
+        "--ckpt_path",
+        "best",
+        cwd=tmp_path,
+    )
     assert tested.returncode == 0, tested.stderr[-3000:]
     # the adapter checkpoint is not a model: one line pointing at the folder
-    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo-sequence/distill.yaml"),
-                      "--model.init_args.teacher", str(run / "checkpoints" / "last.ckpt"), "--out_dir", str(tmp_path / "s"),
-                      "--data.init_args.cache_dir", str(tmp_path / "cache"), cwd=tmp_path)  # fmt: skip
+    teacher = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo-sequence/distill.yaml"),
+        "--model.init_args.teacher",
+        str(run / "checkpoints" / "last.ckpt"),
+        "--out_dir",
+        str(tmp_path / "s"),
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        cwd=tmp_path,
+    )
     assert teacher.returncode == 2 and "holds LoRA adapters only" in teacher.stderr

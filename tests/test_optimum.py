@@ -40,8 +40,10 @@ def optimum_python() -> str:
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
         install = subprocess.run(
             [str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), *OPTIMUM],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if install.returncode != 0:
             import shutil
 
@@ -56,24 +58,56 @@ def optimum_python() -> str:
 @pytest.mark.parametrize("task", ["sequence", "token"])
 def test_optimum_runs_the_fp32_and_int8_onnx_folders_in_a_pipeline(task, optimum_python, tmp_path):
     args = [
-        "--config", str(ROOT / "configs" / f"demo-{task}" / "finetune.yaml"), "--config", csv_only(tmp_path),
-        "--data.init_args.max_train_samples", "640", "--data.init_args.max_eval_samples", "64",
-        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "run"),
-        "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
-    ]  # fmt: skip
+        "--config",
+        str(ROOT / "configs" / f"demo-{task}" / "finetune.yaml"),
+        "--config",
+        csv_only(tmp_path),
+        "--data.init_args.max_train_samples",
+        "640",
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--out_dir",
+        str(tmp_path / "run"),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     cli.main(["fit", *args])
-    texts = (["a wonderful film", "not good at all", "dull , but the ending is great"] if task == "sequence"
-             else ["Anna Schmidt flew to Berlin", "The ministry in Paris said Jordan won"])  # fmt: skip
+    texts = (
+        ["a wonderful film", "not good at all", "dull , but the ending is great"]
+        if task == "sequence"
+        else ["Anna Schmidt flew to Berlin", "The ministry in Paris said Jordan won"]
+    )
     for name, extra in (("fp32", []), ("int8", ["--int8"])):
         folder = tmp_path / f"onnx-{name}"
         result = run_script(
-            "export.py", "onnx", "--model", str(tmp_path / "run" / "model"), "--out", str(folder),
-            "--data", str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"),
-            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "max_eval_samples=64", *extra, cwd=tmp_path,
-        )  # fmt: skip
+            "export.py",
+            "onnx",
+            "--model",
+            str(tmp_path / "run" / "model"),
+            "--out",
+            str(folder),
+            "--data",
+            str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"),
+            "--set",
+            f"cache_dir={tmp_path / 'cache'}",
+            "--set",
+            "max_eval_samples=64",
+            *extra,
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
-        check = subprocess.run([optimum_python, "-c", CHECK, str(folder), task, json.dumps(texts)],
-                               capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)  # fmt: skip
+        check = subprocess.run(
+            [optimum_python, "-c", CHECK, str(folder), task, json.dumps(texts)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert check.returncode == 0, check.stderr[-3000:]
         from_optimum = json.loads(check.stdout.strip().splitlines()[-1])
         ours = Classifier(str(folder))(texts)

@@ -19,16 +19,24 @@ from tests.test_distill import TINY, other_tokenizer, trainer
 
 def pair_data(tmp_path, **kwargs) -> SequenceClassificationDataModule:
     return SequenceClassificationDataModule(
-        dataset="demo", dataset_config="pairs", text_pair_column="text_pair", tokenizer="demo",
-        cache_dir=str(tmp_path / "cache"), max_train_samples=64, max_eval_samples=32, batch_size=8, **kwargs,
-    )  # fmt: skip
+        dataset="demo",
+        dataset_config="pairs",
+        text_pair_column="text_pair",
+        tokenizer="demo",
+        cache_dir=str(tmp_path / "cache"),
+        max_train_samples=64,
+        max_eval_samples=32,
+        batch_size=8,
+        **kwargs,
+    )
 
 
 def test_pair_encoding_and_longest_first_truncation_for_two_tokenizers(tmp_path):
     rows = [{"text": "the movie was not good , but the cast felt warm .", "text_pair": "the plot is bad ."}]
     for name in ("demo", other_tokenizer(tmp_path / "tok")):
-        dm = SequenceClassificationDataModule(tokenizer=name, text_pair_column="text_pair", max_length=64,
-                                              cache_dir=str(tmp_path / "cache"))  # fmt: skip
+        dm = SequenceClassificationDataModule(
+            tokenizer=name, text_pair_column="text_pair", max_length=64, cache_dir=str(tmp_path / "cache")
+        )
         tok = dm.tokenizer
         encoded = dm.tokenize(
             tok, {"text": [r["text"] for r in rows], "text_pair": [r["text_pair"] for r in rows]}
@@ -104,36 +112,88 @@ def test_each_validation_split_is_scored_apart_like_mnli_matched_and_mismatched(
 def test_an_empty_second_text_is_one_line(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("premise\thypothesis\tlabel\na film\tgood\tentailment\nthe plot\t \tcontradiction\n")
-    dm = SequenceClassificationDataModule(data_files={"train": str(path)}, text_column="premise",
-                                          text_pair_column="hypothesis", cache_dir=str(tmp_path / "c"))  # fmt: skip
+    dm = SequenceClassificationDataModule(
+        data_files={"train": str(path)},
+        text_column="premise",
+        text_pair_column="hypothesis",
+        cache_dir=str(tmp_path / "c"),
+    )
     with pytest.raises(Exception, match="row 2 has an empty 'hypothesis'"):
         dm.raw_split("train")
-    dm = SequenceClassificationDataModule(data_files={"train": str(path)}, text_column="premise",
-                                          text_pair_column="claim", cache_dir=str(tmp_path / "c"))  # fmt: skip
+    dm = SequenceClassificationDataModule(
+        data_files={"train": str(path)},
+        text_column="premise",
+        text_pair_column="claim",
+        cache_dir=str(tmp_path / "c"),
+    )
     with pytest.raises(Exception, match="no text column 'claim'.*set data.text_pair_column"):
         dm.raw_split("train")
 
 
 def test_demo_pairs_fine_tune_distill_across_tokenizers_export_classify_prune_and_benchmark(tmp_path, capsys):
-    common = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
-              "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo-pair/finetune.yaml"), *common,
-                      "--trainer.max_epochs", "1", "--out_dir", str(tmp_path / "teacher"), cwd=tmp_path)  # fmt: skip
+    common = [
+        "--data.init_args.max_train_samples",
+        "128",
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    teacher = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo-pair/finetune.yaml"),
+        *common,
+        "--trainer.max_epochs",
+        "1",
+        "--out_dir",
+        str(tmp_path / "teacher"),
+        cwd=tmp_path,
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     teacher_ckpt = str(tmp_path / "teacher" / "checkpoints" / "last.ckpt")
     # the student tokenizes with its own (lowercasing) WordPiece; the teacher keeps the demo one
-    student = run_cli("fit", "--config", str(ROOT / "configs/demo-pair/distill.yaml"), *common,
-                      "--model.init_args.teacher", teacher_ckpt, "--data.init_args.tokenizer",
-                      other_tokenizer(tmp_path / "tok"), "--data.init_args.teacher_tokenizer", "demo",
-                      "--model.init_args.cache_dir", str(tmp_path / "cache"), "--model.init_args.student_config",
-                      "{model_type: bert, vocab_size: 300, hidden_size: 64, num_hidden_layers: 2, "
-                      "num_attention_heads: 4, intermediate_size: 256, max_position_embeddings: 128}",
-                      "--trainer.max_epochs", "1", "--out_dir", str(tmp_path / "student"), cwd=tmp_path)  # fmt: skip
+    student = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo-pair/distill.yaml"),
+        *common,
+        "--model.init_args.teacher",
+        teacher_ckpt,
+        "--data.init_args.tokenizer",
+        other_tokenizer(tmp_path / "tok"),
+        "--data.init_args.teacher_tokenizer",
+        "demo",
+        "--model.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--model.init_args.student_config",
+        "{model_type: bert, vocab_size: 300, hidden_size: 64, num_hidden_layers: 2, "
+        "num_attention_heads: 4, intermediate_size: 256, max_position_embeddings: 128}",
+        "--trainer.max_epochs",
+        "1",
+        "--out_dir",
+        str(tmp_path / "student"),
+        cwd=tmp_path,
+    )
     assert student.returncode == 0, student.stderr[-3000:]
     out = tmp_path / "onnx"  # fp32: int8 export of pairs is the rating test's
-    export = run_script("export.py", "onnx", "--model", str(tmp_path / "teacher" / "model"), "--out", str(out),
-                        "--data", str(ROOT / "configs/demo-pair/qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",
-                        "--set", "max_eval_samples=64", cwd=tmp_path)  # fmt: skip
+    export = run_script(
+        "export.py",
+        "onnx",
+        "--model",
+        str(tmp_path / "teacher" / "model"),
+        "--out",
+        str(out),
+        "--data",
+        str(ROOT / "configs/demo-pair/qat.yaml"),
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "max_eval_samples=64",
+        cwd=tmp_path,
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     parity = json.loads((out / "parity.json").read_text())
     assert parity["agreement"] == 1.0 and parity["max_logit_diff"] < 1e-4, (
@@ -151,17 +211,51 @@ def test_demo_pairs_fine_tune_distill_across_tokenizers_export_classify_prune_an
         assert outputs[model]["label"] in ("same_subject", "other_subject")
     # pruning takes pairs too (self-distilled: the unpruned teacher teaches), and the benchmark times
     # real pair lengths: the fp32 ONNX folder scores what the PyTorch teacher scores
-    pruned = run_cli("fit", "--config", str(ROOT / "configs/demo-sequence/prune.yaml"), "--data",
-                     str(ROOT / "configs/demo-pair/data.yaml"), *common, "--model.init_args.model_name_or_path",
-                     teacher_ckpt, "--model.init_args.teacher", "null", "--model.init_args.cache_dir",
-                     str(tmp_path / "cache"), "--trainer.max_epochs", "4", "--out_dir", str(tmp_path / "pruned"),
-                     cwd=tmp_path)  # fmt: skip
+    pruned = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo-sequence/prune.yaml"),
+        "--data",
+        str(ROOT / "configs/demo-pair/data.yaml"),
+        *common,
+        "--model.init_args.model_name_or_path",
+        teacher_ckpt,
+        "--model.init_args.teacher",
+        "null",
+        "--model.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.max_epochs",
+        "4",
+        "--out_dir",
+        str(tmp_path / "pruned"),
+        cwd=tmp_path,
+    )
     assert pruned.returncode == 0, pruned.stderr[-3000:]
     bench = tmp_path / "bench"
-    result = run_script("benchmark.py", "--model", f"teacher={tmp_path / 'teacher' / 'model'}", "--model", f"onnx={out}",
-                        "--model", f"pruned={tmp_path / 'pruned' / 'model'}", "--data", str(ROOT / "configs/demo-pair/qat.yaml"),
-                        "--set", f"cache_dir={tmp_path / 'cache'}", "--max-eval-samples", "64", "--out", str(bench),
-                        "--latency-samples", "8", "--long-repeats", "2", "--throughput-batches", "1", cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "benchmark.py",
+        "--model",
+        f"teacher={tmp_path / 'teacher' / 'model'}",
+        "--model",
+        f"onnx={out}",
+        "--model",
+        f"pruned={tmp_path / 'pruned' / 'model'}",
+        "--data",
+        str(ROOT / "configs/demo-pair/qat.yaml"),
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        "--max-eval-samples",
+        "64",
+        "--out",
+        str(bench),
+        "--latency-samples",
+        "8",
+        "--long-repeats",
+        "2",
+        "--throughput-batches",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     teacher_row, onnx_row, pruned_row = json.loads((bench / "benchmark.json").read_text())["rows"]
     assert (

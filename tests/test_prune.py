@@ -63,8 +63,11 @@ def test_taylor_scores_equal_the_gradient_of_an_explicit_gate(fitted):
     gates = [(torch.ones(4, requires_grad=True), torch.ones(32, requires_grad=True)) for _ in layers(model)]
     handles = []
     for layer, (head_gate, neuron_gate) in zip(layers(model), gates, strict=True):
-        handles.append(layer.attention.output.dense.register_forward_pre_hook(
-            lambda m, a, g=head_gate: (a[0] * g.repeat_interleave(d),)))  # fmt: skip
+        handles.append(
+            layer.attention.output.dense.register_forward_pre_hook(
+                lambda m, a, g=head_gate: (a[0] * g.repeat_interleave(d),)
+            )
+        )
         handles.append(layer.output.dense.register_forward_pre_hook(lambda m, a, g=neuron_gate: (a[0] * g,)))
     loss = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
@@ -127,8 +130,14 @@ def test_a_pruned_folder_loads_in_transformers_with_its_remote_code_only(fitted,
         " 'logits': m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.tolist()}))"
     )
     ids = batch["input_ids"][:2, :6]
-    out = subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(ids.tolist())], env=ENV,
-                         capture_output=True, text=True, timeout=120, cwd="/")  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder), json.dumps(ids.tolist())],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.splitlines()[-1])
     with torch.no_grad():
@@ -146,8 +155,12 @@ def test_scores_accumulate_the_magnitude_and_the_least_important_heads_go(fitted
     model = module.model
     d = head_size(model)
     gates = [torch.ones(4, requires_grad=True) for _ in layers(model)]
-    handles = [layer.attention.output.dense.register_forward_pre_hook(
-        lambda m, a, g=g: (a[0] * g.repeat_interleave(d),)) for layer, g in zip(layers(model), gates, strict=True)]  # fmt: skip
+    handles = [
+        layer.attention.output.dense.register_forward_pre_hook(
+            lambda m, a, g=g: (a[0] * g.repeat_interleave(d),)
+        )
+        for layer, g in zip(layers(model), gates, strict=True)
+    ]
     model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
     ).loss.backward()
@@ -177,8 +190,9 @@ def test_scores_accumulate_the_magnitude_and_the_least_important_heads_go(fitted
 def test_pruning_events_reach_the_parameter_target_and_keep_a_head_per_layer(fitted):
     task, cache, path = fitted
     dm = datamodule(task, cache)
-    module = PruneModule(model_name_or_path=path, task=task, label_names=dm.label_names, target_sparsity=0.6,
-                         pruning_events=3)  # fmt: skip
+    module = PruneModule(
+        model_name_or_path=path, task=task, label_names=dm.label_names, target_sparsity=0.6, pruning_events=3
+    )
     before = encoder_parameters(module.model)
     torch.manual_seed(1)
     for i in range(3):  # scores as training would leave them: different per unit
@@ -212,13 +226,27 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     task, cache, path = fitted
     run = tmp_path / "run"
     result = run_cli(
-        "fit", "--config", str(ROOT / "configs" / f"demo-{task}" / "prune.yaml"),
-        "--model.init_args.model_name_or_path", path, "--model.init_args.teacher", "null",
-        "--model.init_args.target_sparsity", "0.5",
-        "--trainer.max_epochs", "2", "--data.init_args.max_train_samples", "160",
-        "--data.init_args.max_eval_samples", "32", "--data.init_args.cache_dir", str(cache),
-        "--out_dir", str(run), cwd=tmp_path,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        str(ROOT / "configs" / f"demo-{task}" / "prune.yaml"),
+        "--model.init_args.model_name_or_path",
+        path,
+        "--model.init_args.teacher",
+        "null",
+        "--model.init_args.target_sparsity",
+        "0.5",
+        "--trainer.max_epochs",
+        "2",
+        "--data.init_args.max_train_samples",
+        "160",
+        "--data.init_args.max_eval_samples",
+        "32",
+        "--data.init_args.cache_dir",
+        str(cache),
+        "--out_dir",
+        str(run),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((run / "model" / "config.json").read_text())
     full = TINY4["num_hidden_layers"] * TINY4["num_attention_heads"]
@@ -230,9 +258,21 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     card = (run / "model" / "README.md").read_text()
     assert "trust_remote_code=True" in card and "target_sparsity" in card
     best_path = next((run / "checkpoints").glob("epoch*.ckpt"))
-    ptq = run_script("export.py", "ptq", "--model", str(best_path), "--out", str(tmp_path / "ptq.int8.ckpt"),
-                     "--data", str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"), "--set", f"cache_dir={cache}",
-                     "--set", "max_train_samples=64", cwd=tmp_path)  # fmt: skip
+    ptq = run_script(
+        "export.py",
+        "ptq",
+        "--model",
+        str(best_path),
+        "--out",
+        str(tmp_path / "ptq.int8.ckpt"),
+        "--data",
+        str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"),
+        "--set",
+        f"cache_dir={cache}",
+        "--set",
+        "max_train_samples=64",
+        cwd=tmp_path,
+    )
     assert ptq.returncode == 0, ptq.stderr[-2000:]
     assert encoder_parameters(
         load_classifier(str(tmp_path / "ptq.int8.ckpt"), task, int8_ok=True)
@@ -242,19 +282,45 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
     if task == "token":  # QAT and export of a pruned model: the same code for both tasks
         return
     qat = run_cli(
-        "fit", "--config", str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"),
-        "--model.init_args.model_name_or_path", str(run / "model"), "--model.init_args.teacher", "null",
-        "--trainer.max_epochs", "1", "--data.init_args.max_train_samples", "64",
-        "--data.init_args.max_eval_samples", "32", "--data.init_args.cache_dir", str(cache),
-        "--out_dir", str(tmp_path / "qat"), cwd=tmp_path,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"),
+        "--model.init_args.model_name_or_path",
+        str(run / "model"),
+        "--model.init_args.teacher",
+        "null",
+        "--trainer.max_epochs",
+        "1",
+        "--data.init_args.max_train_samples",
+        "64",
+        "--data.init_args.max_eval_samples",
+        "32",
+        "--data.init_args.cache_dir",
+        str(cache),
+        "--out_dir",
+        str(tmp_path / "qat"),
+        cwd=tmp_path,
+    )
     assert qat.returncode == 0, qat.stderr[-3000:]
     int8 = json.loads((tmp_path / "qat" / "model" / "config.json").read_text())
     assert int8["shrink_pruned"] == config["shrink_pruned"] and "shrink_quantization" in int8
     out = tmp_path / "onnx-int8"
-    export = run_script("export.py", "onnx", "--model", str(tmp_path / "qat" / "model"), "--out", str(out),
-                        "--data", str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"), "--int8",
-                        "--set", f"cache_dir={cache}", "--set", "max_eval_samples=64", cwd=tmp_path)  # fmt: skip
+    export = run_script(
+        "export.py",
+        "onnx",
+        "--model",
+        str(tmp_path / "qat" / "model"),
+        "--out",
+        str(out),
+        "--data",
+        str(ROOT / "configs" / f"demo-{task}" / "qat.yaml"),
+        "--int8",
+        "--set",
+        f"cache_dir={cache}",
+        "--set",
+        "max_eval_samples=64",
+        cwd=tmp_path,
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     parity = json.loads((out / "parity.json").read_text())
     assert parity["agreement"] >= 0.99 and parity["max_logit_diff"] < 1e-3, parity
@@ -274,10 +340,20 @@ def test_prune_stage_from_its_recipe_hands_on_a_smaller_folder_qat_and_export_ta
 def test_bad_pruning_input_is_one_line(fitted, tmp_path, args, message):
     task, cache, path = fitted
     result = run_cli(
-        "fit", "--config", str(ROOT / "configs" / f"demo-{task}" / "prune.yaml"),
-        "--model.init_args.model_name_or_path", path, "--model.init_args.teacher", "null", *args,
-        "--data.init_args.cache_dir", str(cache), "--out_dir", str(tmp_path / "run"), cwd=tmp_path,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        str(ROOT / "configs" / f"demo-{task}" / "prune.yaml"),
+        "--model.init_args.model_name_or_path",
+        path,
+        "--model.init_args.teacher",
+        "null",
+        *args,
+        "--data.init_args.cache_dir",
+        str(cache),
+        "--out_dir",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         line for line in result.stderr.splitlines() if "error" in line.lower()

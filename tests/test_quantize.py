@@ -242,9 +242,14 @@ GRAPH_OPS = {  # per encoder layer: the int8 matmuls, and what computes activati
 
 @pytest.mark.parametrize(
     "task,scheme,head",
-    [("sequence", "static", False), ("token", "static", False), ("sequence", "static", True),
-     ("sequence", "per-token", False), ("token", "per-token", True)],
-)  # fmt: skip
+    [
+        ("sequence", "static", False),
+        ("token", "static", False),
+        ("sequence", "static", True),
+        ("sequence", "per-token", False),
+        ("token", "per-token", True),
+    ],
+)
 def test_onnx_fp32_and_int8_parity(task, scheme, head, tmp_path):
     """Every graph form as exported (u8s8, u8u8) and as shrink runs it on this CPU, against the
     PyTorch int8 model, with tolerances relative to the logits' scale."""
@@ -293,8 +298,11 @@ def test_onnx_fp32_and_int8_parity(task, scheme, head, tmp_path):
         if scheme == "static":  # every Linear's bias is inside its int8 matmul: no Add after it
             produced = {n.output[0]: n.op_type for n in graph.graph.node}
             adds = [n for n in graph.graph.node if n.op_type == "Add"]
-            assert not any(produced.get(i) == "MatMulIntegerToFloat" and len(weights.keys() & set(n.input))
-                           for n in adds for i in n.input)  # fmt: skip
+            assert not any(
+                produced.get(i) == "MatMulIntegerToFloat" and len(weights.keys() & set(n.input))
+                for n in adds
+                for i in n.input
+            )
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -533,8 +541,14 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     assert int8_path.stat().st_mtime_ns == before
 
     # export: ONNX int8 from the QAT checkpoint passes parity; a failed parity check writes nothing
-    data = ["--data", str(ROOT / "configs" / "demo-sequence" / "qat.yaml"), "--set", "max_eval_samples=48",
-            "--set", f"cache_dir={student.parent}"]  # fmt: skip
+    data = [
+        "--data",
+        str(ROOT / "configs" / "demo-sequence" / "qat.yaml"),
+        "--set",
+        "max_eval_samples=48",
+        "--set",
+        f"cache_dir={student.parent}",
+    ]
     onnx = tmp_path / "onnx-int8"  # an ONNX folder
     result = run_script(
         "export.py", "onnx", "--model", str(int8_path), "--out", str(onnx), *data, cwd=tmp_path
@@ -544,9 +558,18 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     assert report["int8"] and report["agreement"] == 1.0 and report["compared"] == 48
     before = (onnx / "model.onnx").stat().st_mtime_ns
     result = run_script(
-        "export.py", "onnx", "--model", str(int8_path), "--out", str(onnx), *data,
-        "--overwrite", "--min-agreement", "1.01", cwd=tmp_path,
-    )  # fmt: skip
+        "export.py",
+        "onnx",
+        "--model",
+        str(int8_path),
+        "--out",
+        str(onnx),
+        *data,
+        "--overwrite",
+        "--min-agreement",
+        "1.01",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
         "error: parity check failed"
     )
@@ -572,8 +595,9 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
     assert not (tmp_path / "other").exists()
     not_ours = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}}, not_ours)
-    result = run_script("export.py", "onnx", "--model", str(not_ours), "--out", str(tmp_path / "x.onnx"), *data,
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "export.py", "onnx", "--model", str(not_ours), "--out", str(tmp_path / "x.onnx"), *data, cwd=tmp_path
+    )
     assert result.returncode == 2 and "unknown type" in result.stderr.strip().splitlines()[-1]
 
     # PTQ baseline, then the benchmark over fp32 / PTQ / QAT in PyTorch and ONNX Runtime
@@ -635,6 +659,7 @@ def test_qat_cli_converts_saves_and_evaluates_int8(student, tmp_path, capsys):
         table.count("\n| ") == 1 + len(rows) + 3 + len(peers)
         and (bench / "benchmark.png").stat().st_size > 10_000
     )
-    result = run_script("benchmark.py", "--model", f"x={tmp_path / 'missing.ckpt'}", *data, "--out", str(bench),
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "benchmark.py", "--model", f"x={tmp_path / 'missing.ckpt'}", *data, "--out", str(bench), cwd=tmp_path
+    )
     assert result.returncode == 2 and "does not exist" in result.stderr.strip().splitlines()[-1]

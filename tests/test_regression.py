@@ -18,9 +18,16 @@ from tests.test_distill import STUDENT, TINY, trainer
 
 def rating_data(tmp_path) -> SequenceClassificationDataModule:
     return SequenceClassificationDataModule(
-        dataset="demo", dataset_config="rating", text_pair_column="text_pair", regression=True,
-        tokenizer="demo", cache_dir=str(tmp_path / "cache"), max_train_samples=96, max_eval_samples=32, batch_size=16,
-    )  # fmt: skip
+        dataset="demo",
+        dataset_config="rating",
+        text_pair_column="text_pair",
+        regression=True,
+        tokenizer="demo",
+        cache_dir=str(tmp_path / "cache"),
+        max_train_samples=96,
+        max_eval_samples=32,
+        batch_size=16,
+    )
 
 
 def test_pearson_spearman_mse_match_scipy_over_batches():
@@ -54,8 +61,14 @@ def test_regression_labels_are_numbers_and_kd_is_mse_to_the_teacher(tmp_path):
     run.fit(teacher, dm)
     assert teacher.model.config.num_labels == 1
     run.save_checkpoint(tmp_path / "teacher.ckpt")
-    module = DistillationModule(teacher=str(tmp_path / "teacher.ckpt"), student_config=STUDENT, task="sequence",
-                                label_names=dm.label_names, alpha=0.3, temperature=4.0).eval()  # fmt: skip
+    module = DistillationModule(
+        teacher=str(tmp_path / "teacher.ckpt"),
+        student_config=STUDENT,
+        task="sequence",
+        label_names=dm.label_names,
+        alpha=0.3,
+        temperature=4.0,
+    ).eval()
     losses = module.distillation_losses(batch)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
@@ -70,25 +83,56 @@ def test_regression_labels_are_numbers_and_kd_is_mse_to_the_teacher(tmp_path):
 def test_bad_regression_label_is_one_line(tmp_path):
     path = tmp_path / "sts.tsv"
     path.write_text("a\tb\tlabel\nthe film\tthe plot\t3.5\nthe cast\tthe story\thigh\n")
-    dm = SequenceClassificationDataModule(data_files={"train": str(path)}, text_column="a", text_pair_column="b",
-                                          regression=True, cache_dir=str(tmp_path / "c"))  # fmt: skip
+    dm = SequenceClassificationDataModule(
+        data_files={"train": str(path)},
+        text_column="a",
+        text_pair_column="b",
+        regression=True,
+        cache_dir=str(tmp_path / "c"),
+    )
     with pytest.raises(Exception, match="label 'high' in split 'train' is not a number"):
         dm.encoded_split("train")
 
 
 def test_demo_rating_fine_tune_qat_export_and_classify(tmp_path, capsys):
-    common = ["--data.init_args.max_train_samples", "128", "--data.init_args.max_eval_samples", "64",
-              "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false",
-              "--trainer.max_epochs", "1"]  # fmt: skip
-    teacher = run_cli("fit", "--config", str(ROOT / "configs/demo-rating/finetune.yaml"), *common,
-                      "--out_dir", str(tmp_path / "teacher"), cwd=tmp_path)  # fmt: skip
+    common = [
+        "--data.init_args.max_train_samples",
+        "128",
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.max_epochs",
+        "1",
+    ]
+    teacher = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo-rating/finetune.yaml"),
+        *common,
+        "--out_dir",
+        str(tmp_path / "teacher"),
+        cwd=tmp_path,
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     card = (tmp_path / "teacher" / "model" / "README.md").read_text()
     assert "val/pearson" in card and "val/spearman" in card
     teacher_ckpt = str(tmp_path / "teacher" / "checkpoints" / "last.ckpt")
-    qat = run_cli("fit", "--config", str(ROOT / "configs/demo-rating/qat.yaml"), *common,
-                  "--model.init_args.model_name_or_path", teacher_ckpt, "--model.init_args.teacher", "null",
-                  "--out_dir", str(tmp_path / "qat"), cwd=tmp_path)  # fmt: skip
+    qat = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo-rating/qat.yaml"),
+        *common,
+        "--model.init_args.model_name_or_path",
+        teacher_ckpt,
+        "--model.init_args.teacher",
+        "null",
+        "--out_dir",
+        str(tmp_path / "qat"),
+        cwd=tmp_path,
+    )
     assert qat.returncode == 0, qat.stderr[-3000:]
     scores = json.loads((tmp_path / "qat" / "int8_validate_metrics.json").read_text())
     # the model's own loss is the MSE metric; the correlations are correlations
@@ -96,9 +140,21 @@ def test_demo_rating_fine_tune_qat_export_and_classify(tmp_path, capsys):
         scores["val/mse"] == pytest.approx(scores["val/loss"], rel=1e-5) and -1 <= scores["val/pearson"] <= 1
     )
     out = tmp_path / "onnx-int8"
-    export = run_script("export.py", "onnx", "--model", str(tmp_path / "qat" / "model"), "--out", str(out),
-                        "--data", str(ROOT / "configs/demo-rating/qat.yaml"), "--set", f"cache_dir={tmp_path / 'cache'}",
-                        "--set", "max_eval_samples=64", cwd=tmp_path)  # fmt: skip
+    export = run_script(
+        "export.py",
+        "onnx",
+        "--model",
+        str(tmp_path / "qat" / "model"),
+        "--out",
+        str(out),
+        "--data",
+        str(ROOT / "configs/demo-rating/qat.yaml"),
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "max_eval_samples=64",
+        cwd=tmp_path,
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     assert json.loads((out / "parity.json").read_text())["max_logit_diff"] < 1e-3
     from lightning_modules.commands.classify import main as classify

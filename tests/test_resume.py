@@ -120,14 +120,20 @@ RECIPE_STEPS = 63  # 2,000 demo rows / batch 32
 
 def recipe_args(stage: str, task: str, tmp: Path, run: str, *extra: str) -> list[str]:
     return [
-        "--config", str(ROOT / "configs" / f"demo-{task}" / f"{stage}.yaml"),
-        "--data.init_args.max_eval_samples", "64",
-        "--data.init_args.cache_dir", str(tmp / "cache"),
-        "--out_dir", str(tmp / run),
-        "--trainer.max_epochs", "1",
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        str(ROOT / "configs" / f"demo-{task}" / f"{stage}.yaml"),
+        "--data.init_args.max_eval_samples",
+        "64",
+        "--data.init_args.cache_dir",
+        str(tmp / "cache"),
+        "--out_dir",
+        str(tmp / run),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +351,7 @@ def test_bad_resumes_get_one_line(tmp_path):
             str(last),
             "--model.init_args.teacher",
             str(last),
-        ],  # fmt: skip
+        ],
         "CUDA": [*finetune, "--overwrite", "true", "--trainer.accelerator", "gpu", "--trainer.devices", "2"],
         "has shape [1000, 128] but this model's is [1000, 64]": [
             *finetune,
@@ -353,7 +359,7 @@ def test_bad_resumes_get_one_line(tmp_path):
             str(shrunk),
             "--model.init_args.model_config.hidden_size",
             "64",
-        ],  # fmt: skip
+        ],
     }
     for expected, cli_args in cases.items():
         result = run_cli("fit", *cli_args, cwd=tmp_path)

@@ -71,8 +71,16 @@ def test_prune_vocab_command_writes_a_standard_folder_that_int8_onnx_takes(fitte
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     tmp, path = fitted
-    data = ["--data", str(ROOT / "configs" / "demo-sequence" / "qat.yaml"), "--set", f"cache_dir={tmp}",
-            "--set", "max_train_samples=40", "--set", "max_eval_samples=64"]  # fmt: skip
+    data = [
+        "--data",
+        str(ROOT / "configs" / "demo-sequence" / "qat.yaml"),
+        "--set",
+        f"cache_dir={tmp}",
+        "--set",
+        "max_train_samples=40",
+        "--set",
+        "max_eval_samples=64",
+    ]
     out = tmp / "vocab"
     failed = run_script(
         "export.py", "prune-vocab", "--model", path, "--out", str(out), *data, "--max-drop", "-1", cwd=tmp

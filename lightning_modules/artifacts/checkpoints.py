@@ -95,3 +95,33 @@ def check_checkpoint(path: str) -> dict[str, Any]:
             f"checkpoint {path} is corrupt or truncated ({reason}): pass an intact one, e.g. an earlier "
             "checkpoint of the run"
         ) from None
+
+
+def best_checkpoint_in(dirpath: str | Path) -> str:
+    """The best checkpoint recorded by ModelCheckpoint in the newest ``last*.ckpt`` of ``dirpath``
+    (a rerun into a folder that holds an old ``last.ckpt`` writes ``last-v1.ckpt``)."""
+    last = last_checkpoint_in(dirpath)
+    if last is None:
+        raise InputError(
+            f"--ckpt_path best: no last.ckpt in {dirpath} to read the best checkpoint from; "
+            "run fit first or pass a checkpoint file"
+        )
+    states = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
+    best = next((s["best_model_path"] for s in states.values() if s.get("best_model_path")), None)
+    if best is None or not os.path.isfile(best):
+        raise InputError(f"--ckpt_path best: {last} names no existing best checkpoint ({best}); pass a file")
+    return best
+
+
+def last_checkpoint_in(dirpath: str | Path) -> str | None:
+    """The newest ``last*.ckpt`` of a run's checkpoint folder (what ``--ckpt_path last`` resumes)."""
+    lasts = sorted(Path(dirpath).glob("last*.ckpt"), key=os.path.getmtime)
+    return str(lasts[-1]) if lasts else None
+
+
+def int8_checkpoint(path: str | None) -> dict | None:
+    """The checkpoint at ``path`` when it holds an int8 model (``quantization`` key), else None."""
+    if not path or not str(path).endswith(".ckpt") or not os.path.isfile(path):
+        return None
+    checkpoint = check_checkpoint(path)
+    return checkpoint if "quantization" in checkpoint else None

@@ -68,8 +68,10 @@ def constant_reshapes(model: Any) -> int:
         source, target = shapes.get(node.input[0]), shapes.get(node.output[0])
         if not source or not target:
             continue
-        known = [0 if i < len(source) and source[i] == d and d != 0 else d if isinstance(d, int) and d > 0 else -1
-                 for i, d in enumerate(target)]  # fmt: skip
+        known = [
+            0 if i < len(source) and source[i] == d and d != 0 else d if isinstance(d, int) and d > 0 else -1
+            for i, d in enumerate(target)
+        ]
         if known.count(-1) > 1:
             continue
         name = f"{node.name}/target"

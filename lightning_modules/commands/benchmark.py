@@ -50,6 +50,7 @@ from lightning_modules.artifacts.onnx_folder import (
     pytorch_logits,
     session_providers,
 )
+from lightning_modules.commands.benchmark_report import markdown, metric_key, plot
 from lightning_modules.commands.ort_peers import ort_dynamic_int8, ort_static_int8
 from lightning_modules.methods.quantize import import_torchao, weights_bytes
 from lightning_modules.methods.task_metrics import (
@@ -101,11 +102,6 @@ def parse_models(specs: list[str]) -> list[tuple[str, str, dict]]:
             "no --model given: pass NAME=PATH (.ckpt, model folder or ONNX folder) at least once"
         )
     return models
-
-
-def metric_key(rows: list[dict]) -> str:
-    """The task metric the rows carry: accuracy (sequences), Pearson (regression) or entity F1 (tokens)."""
-    return next(k for k in ("accuracy", "pearson", "f1") if k in rows[0])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -248,9 +244,17 @@ def benchmark(args) -> list[dict]:
                 if sum(len(b["input_ids"]) for b in calibration) >= args.calibration_rows:
                     break
             for peer, path in (
-                ("ORT dynamic int8", ort_dynamic_int8(fp32_path, folder / f"{name.replace(' ', '_')}.ort_dynamic.onnx")),
-                ("ORT static int8", ort_static_int8(fp32_path, folder / f"{name.replace(' ', '_')}.ort_static.onnx", calibration)),
-            ):  # fmt: skip
+                (
+                    "ORT dynamic int8",
+                    ort_dynamic_int8(fp32_path, folder / f"{name.replace(' ', '_')}.ort_dynamic.onnx"),
+                ),
+                (
+                    "ORT static int8",
+                    ort_static_int8(
+                        fp32_path, folder / f"{name.replace(' ', '_')}.ort_static.onnx", calibration
+                    ),
+                ),
+            ):
                 run = OnnxClassifier(path, args.threads, kernel="as-exported", provider=args.provider)
                 peers.append((f"{name}: {peer}", run, path.stat().st_size))
         # timed on the split's first rows (file order); scored longest first: less padding, the same scores
@@ -286,76 +290,6 @@ def benchmark(args) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], title: str) -> str:
-    metric = metric_key(rows)
-    header = [
-        "model",
-        "runtime",
-        metric,
-        "retention",
-        "params (M)",
-        "size (MB)",
-        "smaller",
-        "b1 p50 (ms)",
-        "b1 p95 (ms)",
-        "speedup b1",
-        "128 tok p50 (ms)",
-        "128 tok p95 (ms)",
-        "b32 samples/s",
-    ]
-    keys = [
-        "model",
-        "runtime",
-        metric,
-        "retention",
-        "params_m",
-        "size_mb",
-        "smaller",
-        "latency_ms_p50",
-        "latency_ms_p95",
-        "speedup_b1",
-        "latency_128_ms_p50",
-        "latency_128_ms_p95",
-        "throughput_b32",
-    ]
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row[k]) for k in keys) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = metric_key(rows)
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    names = list(dict.fromkeys(row["model"] for row in rows))
-    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
-    for row in rows:
-        marker = "o" if row["runtime"] == "pytorch" else "s"
-        ax.scatter(row["latency_ms_p50"], row[metric], s=20 + 2 * row["size_mb"], marker=marker,
-                   color=colors[row["model"]], alpha=0.6, edgecolors="black", linewidths=0.5)  # fmt: skip
-    for name in names:  # one legend entry per model: its colour, and its sizes on disk
-        sizes = sorted({f"{r['size_mb']:.0f}" for r in rows if r["model"] == name})
-        ax.scatter([], [], color=colors[name], label=f"{name} ({'/'.join(sizes)} MB)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.margins(x=0.25, y=0.15)
-    ax.set_xlabel("latency at batch 1, p50 (ms, log scale)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{title}\ncircles: PyTorch, squares: ONNX Runtime; marker area: size on disk", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="shrink benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -385,17 +319,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", default="cpu", help="device of the fp32 PyTorch rows, e.g. cuda (int8 stays on CPU)"
     )
-    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
-                        help="ONNX Runtime provider of the ONNX rows (cuda / tensorrt: onnxruntime-gpu)")  # fmt: skip
-    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                        help="add a torch.compile row (dynamic shapes; inductor unless named) for each PyTorch model")  # fmt: skip
+    parser.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="cpu",
+        help="ONNX Runtime provider of the ONNX rows (cuda / tensorrt: onnxruntime-gpu)",
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="add a torch.compile row (dynamic shapes; inductor unless named) for each PyTorch model",
+    )
     parser.add_argument("--latency-samples", type=int, default=200, help="real sentences timed at batch 1")
     parser.add_argument("--long-repeats", type=int, default=30, help="timed runs at 128 tokens")
     parser.add_argument("--throughput-batches", type=int, default=5, help="timed batches of 32")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all rows")
     parser.add_argument("--max-eval-samples", type=int, default=None, help="score only the first N rows")
-    parser.add_argument("--ort-peers", action="append", default=[], metavar="NAME",
-                        help="add ONNX Runtime's dynamic and static int8 of this fp32 model (repeat)")  # fmt: skip
+    parser.add_argument(
+        "--ort-peers",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add ONNX Runtime's dynamic and static int8 of this fp32 model (repeat)",
+    )
     parser.add_argument(
         "--calibration-rows", type=int, default=512, help="training rows that calibrate the static peer"
     )

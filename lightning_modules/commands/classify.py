@@ -76,8 +76,10 @@ class Classifier:
         logits = self.run(batch).float()
         pair = (lambda n: {"text_pair": pairs[n]}) if pairs else (lambda n: {})
         if len(self.labels) == 1:  # regression: the predicted number, named after the label
-            return [{"text": t, **pair(n), self.labels[0]: round(v, 6)}
-                    for n, (t, v) in enumerate(zip(texts, logits.squeeze(-1).tolist(), strict=True))]  # fmt: skip
+            return [
+                {"text": t, **pair(n), self.labels[0]: round(v, 6)}
+                for n, (t, v) in enumerate(zip(texts, logits.squeeze(-1).tolist(), strict=True))
+            ]
         probabilities = logits.softmax(-1)
         if self.task == "sequence":
             scores, ids = probabilities.max(-1)
@@ -88,8 +90,10 @@ class Classifier:
         rows = []
         for row, text in enumerate(texts):
             words = word_spans(encoding.word_ids(row), encoding["offset_mapping"][row].tolist())
-            tags = [(self.labels[int(probabilities[row, t].argmax())], float(probabilities[row, t].max()))
-                    for t, _, _ in words]  # fmt: skip
+            tags = [
+                (self.labels[int(probabilities[row, t].argmax())], float(probabilities[row, t].max()))
+                for t, _, _ in words
+            ]
             rows.append({"text": text, "entities": entities(text, words, tags)})
         return rows
 

@@ -25,27 +25,21 @@ The int8 graphs are CPU graphs: ONNX Runtime's int8 matmuls have no fast CUDA ke
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import json
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
-
 from datamodules import InputError, datamodule_from_config, parse_overrides
-from datamodules.token import word_start_mask
 from lightning_modules.artifacts.classifiers import load_classifier, load_trained, read_checkpoint
+from lightning_modules.artifacts.hub import push_folder
 from lightning_modules.artifacts.model_folder import (
     CARD_NAME,
     checkpoint_tokenizer,
     model_card,
-    parameters_and_bytes,
     replace_folder,
     save_tokenizer,
-    write_model_folder,
 )
 from lightning_modules.artifacts.onnx_folder import (
     INT8_KERNELS,
@@ -61,16 +55,9 @@ from lightning_modules.artifacts.onnx_folder import (
     pytorch_logits,
     session_providers,
 )
+from lightning_modules.commands.prune_vocab import prune_vocab_command
 from lightning_modules.cpu import cpu_name
 from lightning_modules.methods.quantize import DEFAULT_SCHEME, SCHEMES, ptq, save_int8_checkpoint, scheme_name
-from lightning_modules.methods.task_metrics import (
-    computed_metrics,
-    headline_metric,
-    predicted,
-    task_metrics,
-    update_task_metrics,
-)
-from lightning_modules.methods.vocabulary import kept_token_ids, prune_vocabulary, pruned_tokenizer
 from lightning_modules.stages.qat import QATModule
 
 
@@ -105,10 +92,18 @@ def onnx_command(args: argparse.Namespace) -> None:
         reference = pytorch_logits(model.eval(), input_names(model))
         exported = OnnxClassifier(tmp, args.threads, "as-exported", args.provider)
         report.update(parity(reference, exported, data.loader("validate"), task))
-        report.update(model=args.model, onnx=str(out), int8=int8, int8_kernel=args.int8_kernel if int8 else None,
-                      scheme=scheme_name(quantization) if int8 else None,
-                      fp16=args.fp16, provider=args.provider, task=task, cpu=cpu_name(),
-                      parameters=sum(p.numel() for p in model.parameters()))  # fmt: skip
+        report.update(
+            model=args.model,
+            onnx=str(out),
+            int8=int8,
+            int8_kernel=args.int8_kernel if int8 else None,
+            scheme=scheme_name(quantization) if int8 else None,
+            fp16=args.fp16,
+            provider=args.provider,
+            task=task,
+            cpu=cpu_name(),
+            parameters=sum(p.numel() for p in model.parameters()),
+        )
         checks = [report]
         here = OnnxClassifier(tmp, args.threads, provider=args.provider)  # as shrink runs it on this CPU
         if here.kernel != report["int8_kernel"]:
@@ -195,25 +190,6 @@ def onnx_card(model, task: str, report: dict, quantization: dict | None, name: s
     )
 
 
-def push_folder(folder: Path, repo_id: str) -> None:
-    """Upload a model folder (weights or ONNX, tokenizer, card) to the Hugging Face Hub."""
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi()
-        api.create_repo(repo_id, exist_ok=True)
-        url = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, commit_message="shrink: upload model"
-        )
-    except Exception as e:  # noqa: BLE001 - offline, no token, no rights: one line, nothing else written
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise InputError(
-            f"push to the Hub ({repo_id}) failed: {reason}; the folder {folder} is intact: "
-            "check the network and `huggingface-cli login`, then rerun with --push_to_hub or use push"
-        ) from None
-    print(f"pushed {folder} to {url}")
-
-
 def push_command(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     if not (folder / "config.json").is_file():
@@ -249,111 +225,27 @@ def ptq_command(args: argparse.Namespace) -> None:
         "method": "ptq",
     }
     # `shrink validate/test/predict --ckpt_path` rebuild the model class from these hyper-parameters
-    accepted = {name for cls in QATModule.__mro__ if "__init__" in vars(cls)  # with the **kwargs it passes on
-                for name in inspect.signature(cls.__init__).parameters}  # fmt: skip
+    accepted = {
+        name
+        for cls in QATModule.__mro__
+        if "__init__" in vars(cls)  # with the **kwargs it passes on
+        for name in inspect.signature(cls.__init__).parameters
+    }
     # the model is the fp32 checkpoint itself: none of the source's teacher / student-building arguments
     skip = {"teacher", "student_model_name_or_path", "student_config", "student_layers", "model_config"}
     hparams = {k: v for k, v in source.items() if k in accepted and k not in skip}
-    hparams.update(_class_path="lightning_modules.QATModule", model_name_or_path=args.model, scheme=args.scheme,
-                   calibration_rows=args.calibration_rows)  # fmt: skip
+    hparams.update(
+        _class_path="lightning_modules.QATModule",
+        model_name_or_path=args.model,
+        scheme=args.scheme,
+        calibration_rows=args.calibration_rows,
+    )
     config = dict(checkpoint["hf_config"])
     for key in ("shrink_pruned", "auto_map"):  # a pruning stage's checkpoint: the smaller shapes it became
         if getattr(model.config, key, None):
             config[key] = getattr(model.config, key)
     save_int8_checkpoint(model, out, hparams, quantization, config, checkpoint.get("tokenizer_files"))
     print(f"wrote {out} ({SCHEMES[args.scheme]}, post-training)")
-
-
-def vocabulary_parity(model, data, smaller, smaller_data, keep: list[int], task: str) -> dict:
-    """The pruned model on its own tokenization against the full one on the validation split: the
-    task metric of each, label agreement, how many rows tokenize differently, and the largest logit
-    difference on rows that tokenize the same (0 up to float order: their ids are only renumbered)."""
-
-    full, pruned = pytorch_logits(model, input_names(model)), pytorch_logits(smaller, input_names(smaller))
-    labels = data.label_names
-    metrics = {"full": task_metrics(task, labels), "pruned": task_metrics(task, labels)}
-    old_ids = torch.tensor(keep)
-    agree = total = changed = 0
-    same_diff = 0.0
-    for a_batch, b_batch in zip(data.loader("validate"), smaller_data.loader("validate"), strict=True):
-        a, b = full(a_batch), pruned(b_batch)
-        update_task_metrics(metrics["full"], task, labels, predicted(a, labels), a_batch)
-        update_task_metrics(metrics["pruned"], task, labels, predicted(b, labels), b_batch)
-        for row in range(a.shape[0]):
-            ids_a = a_batch["input_ids"][row][a_batch["attention_mask"][row].bool()]
-            ids_b = old_ids[b_batch["input_ids"][row][b_batch["attention_mask"][row].bool()]]
-            same = ids_a.shape == ids_b.shape and bool((ids_a == ids_b).all())
-            changed += not same
-            x, y = a[row], b[row]
-            if task == "token":  # one prediction per word, in word order, in both tokenizations
-                x = x[word_start_mask(a_batch["word_ids"][row : row + 1])[0]]
-                y = y[word_start_mask(b_batch["word_ids"][row : row + 1])[0]]
-                n = min(len(x), len(y))  # a longer tokenization may truncate more words
-                agree += int((x[:n].argmax(-1) == y[:n].argmax(-1)).sum())
-                total += len(x)
-            else:
-                agree += int(x.argmax(-1) == y.argmax(-1))
-                total += 1
-            if same:
-                same_diff = max(same_diff, float((x - y).abs().max()))
-    key = headline_metric(task, labels)
-    scores = {name: float(computed_metrics(m, "")[key]) for name, m in metrics.items()}
-    return {"metric": key, "full": scores["full"], "pruned": scores["pruned"], "agreement": agree / max(total, 1),
-            "compared": total, "rows_tokenized_differently": changed, "max_logit_diff_same_tokens": same_diff}  # fmt: skip
-
-
-def prune_vocab_command(args: argparse.Namespace) -> None:
-    trained = load_trained(args.model)
-    if trained.quantization is not None:
-        raise InputError(
-            f"--model {args.model} is int8: prune the vocabulary of its fp32 model, then quantize"
-        )
-    if trained.tokenizer is None:
-        raise InputError(f"--model {args.model} records no tokenizer: give the model folder a stage wrote")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out} exists: pass --overwrite or another --out")
-    overrides = parse_overrides(args.set)
-    data = datamodule_from_config(args.data, {"tokenizer": trained.tokenizer, **overrides})
-    data.setup("validate")
-    model = trained.model
-    train_ids = data.encoded_split(data.splits["fit"])["input_ids"]
-    keep = kept_token_ids(data.tokenizer, train_ids, args.min_count, args.keep_first)
-    tokenizer = pruned_tokenizer(data.tokenizer, keep)
-    smaller = copy.deepcopy(model)  # the full model stays as the reference
-    prune_vocabulary(smaller, keep)
-    report = {"model": args.model, "vocabulary": len(keep), "of": len(data.tokenizer), "min_count": args.min_count,
-              "keep_first": args.keep_first, "training_rows": len(train_ids), "cpu": cpu_name()}  # fmt: skip
-
-    with tempfile.TemporaryDirectory() as folder:  # the pruned tokenizer, as the datamodule loads one
-        save_tokenizer(tokenizer, folder)
-        smaller_data = datamodule_from_config(args.data, {"tokenizer": folder, **overrides})
-        smaller_data.setup("validate")
-        report.update(vocabulary_parity(model, data, smaller, smaller_data, keep, trained.task))
-    print(json.dumps(report, indent=1))
-    if report["pruned"] < report["full"] - args.max_drop:
-        raise InputError(
-            f"vocabulary check failed: validation {report['metric']} {report['pruned']:.4f} with the pruned "
-            f"vocabulary, {report['full']:.4f} with the full one (more than --max-drop {args.max_drop} lower); "
-            f"{out} not written: keep more tokens (--keep-first) or the full vocabulary"
-        )
-    step = {"stage": "vocabulary pruning", "model": args.model, "kept": len(keep), "of": report["of"]}
-    smaller.config.shrink_lineage = [*(getattr(smaller.config, "shrink_lineage", None) or []), step]
-    card = model_card(
-        title=f"{out.name} (vocabulary pruned)",
-        task=trained.task,
-        labels=[smaller.config.id2label[i] for i in range(smaller.config.num_labels)],
-        facts={"vocabulary": f"{len(keep)} of {report['of']} tokens", **parameters_and_bytes(smaller)},
-        metrics={
-            f"validation {report['metric']}": report["pruned"],
-            f"validation {report['metric']}, full vocabulary": report["full"],
-            **{k: report[k] for k in ("agreement", "rows_tokenized_differently")},
-        },  # fmt: skip
-        lineage=smaller.config.shrink_lineage,
-        command="shrink export " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-    )
-    write_model_folder(smaller, tokenizer, out, card)
-    print(f"wrote {out}: {len(keep)} of {report['of']} tokens")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -377,8 +269,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="int8 ONNX from an fp32 checkpoint (PTQ with --scheme, as the ptq command does)",
     )
-    onnx.add_argument("--scheme", choices=sorted(SCHEMES), default=None,
-                      help=f"int8 scheme of --int8 (default {DEFAULT_SCHEME}); an int8 model keeps its own")  # fmt: skip
+    onnx.add_argument(
+        "--scheme",
+        choices=sorted(SCHEMES),
+        default=None,
+        help=f"int8 scheme of --int8 (default {DEFAULT_SCHEME}); an int8 model keeps its own",
+    )
     onnx.add_argument(
         "--calibration-rows", type=int, default=512, help="training rows that calibrate static int8"
     )
@@ -393,19 +289,35 @@ def main(argv: list[str] | None = None) -> None:
     onnx.add_argument(
         "--push_to_hub", metavar="REPO_ID", help="also upload the folder to this Hub repository"
     )
-    onnx.add_argument("--fuse", action="store_true", help="ONNX Runtime's transformer fusions (attention, "
-                      "LayerNorm, GELU), kept only if the parity check passes")  # fmt: skip
-    onnx.add_argument("--fp16", action="store_true", help="float16 weights and compute (fp32 models; for GPUs: "
-                      "ONNX Runtime's CPU provider runs it too, slowly), int64 ids in, float32 logits out")  # fmt: skip
-    onnx.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
-                      help="ONNX Runtime provider the parity check runs on (cuda / tensorrt: onnxruntime-gpu)")  # fmt: skip
+    onnx.add_argument(
+        "--fuse",
+        action="store_true",
+        help="ONNX Runtime's transformer fusions (attention, "
+        "LayerNorm, GELU), kept only if the parity check passes",
+    )
+    onnx.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 weights and compute (fp32 models; for GPUs: "
+        "ONNX Runtime's CPU provider runs it too, slowly), int64 ids in, float32 logits out",
+    )
+    onnx.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="cpu",
+        help="ONNX Runtime provider the parity check runs on (cuda / tensorrt: onnxruntime-gpu)",
+    )
     onnx.add_argument("--threads", type=int, default=1)
     onnx.add_argument("--overwrite", action="store_true")
     ptq = commands.add_parser("ptq", help="int8 quantization of an fp32 checkpoint (no training)")
     ptq.add_argument("--model", required=True, help="an fp32 .ckpt of this project")
     ptq.add_argument("--out", required=True, help="the int8 .ckpt to write")
-    ptq.add_argument("--scheme", choices=sorted(SCHEMES), default=DEFAULT_SCHEME,
-                     help="static (calibrated activation scales: needs --data) or per-token")  # fmt: skip
+    ptq.add_argument(
+        "--scheme",
+        choices=sorted(SCHEMES),
+        default=DEFAULT_SCHEME,
+        help="static (calibrated activation scales: needs --data) or per-token",
+    )
     ptq.add_argument(
         "--data", help="run config whose data: section gives the training rows that calibrate static"
     )
@@ -416,8 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     ptq.add_argument("--fp32-embeddings", action="store_true", help="keep word embeddings in fp32")
     ptq.add_argument("--quantize-head", action="store_true", help="also int8 the classifier head")
     ptq.add_argument("--overwrite", action="store_true")
-    vocab = commands.add_parser("prune-vocab", help="keep only the tokens the training split uses (smaller "
-                                "embeddings), checked on the validation split")  # fmt: skip
+    vocab = commands.add_parser(
+        "prune-vocab",
+        help="keep only the tokens the training split uses (smaller "
+        "embeddings), checked on the validation split",
+    )
     vocab.add_argument("--model", required=True, help="an fp32 .ckpt or model folder of this project")
     vocab.add_argument("--out", required=True, help="the model folder to write")
     vocab.add_argument(
@@ -427,8 +342,13 @@ def main(argv: list[str] | None = None) -> None:
     vocab.add_argument(
         "--min-count", type=int, default=1, help="keep tokens seen at least this often in training"
     )
-    vocab.add_argument("--keep-first", type=int, default=0, help="also keep the tokenizer's first N ids (BERT-family "
-                       "vocabularies list common pieces first): fewer unseen words fall apart into characters")  # fmt: skip
+    vocab.add_argument(
+        "--keep-first",
+        type=int,
+        default=0,
+        help="also keep the tokenizer's first N ids (BERT-family "
+        "vocabularies list common pieces first): fewer unseen words fall apart into characters",
+    )
     vocab.add_argument(
         "--max-drop", type=float, default=0.005, help="fail if the validation metric drops more than this"
     )

@@ -28,9 +28,14 @@ class _Batches:
 
     def __init__(self, batches: list[dict[str, Any]], names: list[str]) -> None:
         self.feeds = iter(
-            [{n: b[n].numpy().astype(np.int64) if n in b else np.zeros_like(b["input_ids"].numpy()) for n in names}
-             for b in batches]
-        )  # fmt: skip
+            [
+                {
+                    n: b[n].numpy().astype(np.int64) if n in b else np.zeros_like(b["input_ids"].numpy())
+                    for n in names
+                }
+                for b in batches
+            ]
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.feeds, None)

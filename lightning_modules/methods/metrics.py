@@ -47,8 +47,11 @@ class EntityF1(Metric):
         self.mode, self.types = mode, list(types or [])
         for name in ("correct", "predicted", "gold"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-            self.add_state(f"{name}_by_type", default=torch.zeros(len(self.types), dtype=torch.long),
-                           dist_reduce_fx="sum")  # fmt: skip
+            self.add_state(
+                f"{name}_by_type",
+                default=torch.zeros(len(self.types), dtype=torch.long),
+                dist_reduce_fx="sum",
+            )
 
     def update(self, predictions: list[list[str]], targets: list[list[str]]) -> None:
         index = {kind: i for i, kind in enumerate(self.types)}

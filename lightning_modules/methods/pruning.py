@@ -126,8 +126,10 @@ def record_layout(model: torch.nn.Module) -> None:
         "heads": [layer.attention.self.query.out_features // head_size(model) for layer in layers(model)],
         "intermediate_sizes": [layer.intermediate.dense.out_features for layer in layers(model)],
     }
-    stock = {"heads": [config.num_attention_heads] * len(layout["heads"]),
-             "intermediate_sizes": [config.intermediate_size] * len(layout["heads"])}  # fmt: skip
+    stock = {
+        "heads": [config.num_attention_heads] * len(layout["heads"]),
+        "intermediate_sizes": [config.intermediate_size] * len(layout["heads"]),
+    }
     if layout == stock:
         return
     config.shrink_pruned = layout

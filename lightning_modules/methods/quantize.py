@@ -174,10 +174,13 @@ def prepare_qat(
     linears = set(quantized_linears(model, head))
     quantize_(
         model,
-        QATConfig(activation_config=activation if scheme == "per-token" else None, weight_config=weight,
-                  step="prepare"),
+        QATConfig(
+            activation_config=activation if scheme == "per-token" else None,
+            weight_config=weight,
+            step="prepare",
+        ),
         filter_fn=lambda module, name: name in linears,
-    )  # fmt: skip
+    )
     if scheme == "static":
         for name, module in model.named_modules():
             if name in linears:

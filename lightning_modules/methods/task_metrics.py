@@ -37,8 +37,10 @@ def task_metrics(
             f"model.metrics {extra}: sequence tasks take {list(SEQUENCE_METRICS)}; token tasks none"
         )
     if "f1" in extra and n_labels != 2:
-        raise InputError(f"model.metrics f1 is the positive class's F1 of two labels, the data has {n_labels}: "
-                         "use f1_macro (always logged)")  # fmt: skip
+        raise InputError(
+            f"model.metrics f1 is the positive class's F1 of two labels, the data has {n_labels}: "
+            "use f1_macro (always logged)"
+        )
     if task == "sequence":
         chosen = {
             "accuracy": MulticlassAccuracy(n_labels, average="micro"),

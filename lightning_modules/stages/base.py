@@ -206,8 +206,10 @@ class ClassificationModule(L.LightningModule):
         """One dict per example: ``idx`` (row in the split) and label names (a list per word for NER)."""
         logits = self(batch).logits.float()
         if len(self.label_names) == 1:  # regression: the predicted number
-            return [{"idx": i, self.label_names[0]: round(v, 6)}
-                    for i, v in zip(batch["idx"].tolist(), logits.squeeze(-1).tolist(), strict=True)]  # fmt: skip
+            return [
+                {"idx": i, self.label_names[0]: round(v, 6)}
+                for i, v in zip(batch["idx"].tolist(), logits.squeeze(-1).tolist(), strict=True)
+            ]
         probabilities = logits.softmax(-1)
         if self.task == "sequence":
             scores, ids = probabilities.max(-1)

@@ -69,9 +69,17 @@ class DistillationModule(ClassificationModule):
         if teacher is None:
             raise InputError("model.teacher is not set: give a fine-tuned teacher .ckpt or model folder")
         self.teacher = Teacher(
-            teacher, self.task, self.label_names, temperature, alpha, hidden_weight, attention_weight,
-            teacher_cache, cache_dir, trust_remote_code,
-        )  # fmt: skip
+            teacher,
+            self.task,
+            self.label_names,
+            temperature,
+            alpha,
+            hidden_weight,
+            attention_weight,
+            teacher_cache,
+            cache_dir,
+            trust_remote_code,
+        )
         if student_model_name_or_path is None and student_config is None:
             if student_layers is None:
                 raise InputError(

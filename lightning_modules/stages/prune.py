@@ -103,9 +103,17 @@ class PruneModule(ClassificationModule):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.save_hyperparameters()
         self.teacher = Teacher(
-            teacher or model_name_or_path, self.task, self.label_names, temperature, alpha, hidden_weight,
-            attention_weight, teacher_cache, cache_dir, trust_remote_code,
-        )  # fmt: skip
+            teacher or model_name_or_path,
+            self.task,
+            self.label_names,
+            temperature,
+            alpha,
+            hidden_weight,
+            attention_weight,
+            teacher_cache,
+            cache_dir,
+            trust_remote_code,
+        )
         model = build_classifier(self.task, self.label_names, model_name_or_path, None, trust_remote_code)
         self.model = (
             keep_encoder_layers(model, keep_layers, "keep_layers") if keep_layers is not None else model
@@ -243,8 +251,11 @@ class PruneModule(ClassificationModule):
             self._monitor = (monitor, callback.mode)
             callback.monitor = f"{monitor}_pruned"
         elif monitor and not monitor.endswith("_pruned"):
-            log.warning("checkpoint monitor %s is not a validation metric: the best checkpoint may be "
-                        "partly pruned (the model folder is built from it)", monitor)  # fmt: skip
+            log.warning(
+                "checkpoint monitor %s is not a validation metric: the best checkpoint may be "
+                "partly pruned (the model folder is built from it)",
+                monitor,
+            )
 
     def _log_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         values = super()._log_metrics(stage)

@@ -83,9 +83,15 @@ class QATModule(ClassificationModule):
         self.teacher = None
         if teacher is not None:
             self.teacher = Teacher(
-                teacher, self.task, self.label_names, temperature, alpha,
-                cache=teacher_cache, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
-            )  # fmt: skip
+                teacher,
+                self.task,
+                self.label_names,
+                temperature,
+                alpha,
+                cache=teacher_cache,
+                cache_dir=cache_dir,
+                trust_remote_code=trust_remote_code,
+            )
         self.quantization = {
             "scheme": check_scheme(scheme),
             "embeddings": quantize_embeddings,

@@ -42,6 +42,6 @@ def length_split_enabled(split_by_length: bool | str, trainer: L.Trainer) -> boo
             "on: each training batch runs as sub-batches of similar length, same rows and gradients, less padding"
             if on_cpu
             else "off: measured on CPU only"
-        )  # fmt: skip
+        )
     )
     return on_cpu

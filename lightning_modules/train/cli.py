@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import inspect
 import io
 import json
-import netrc
 import os
 import shlex
 import signal
@@ -28,44 +26,21 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from datamodules import SequenceClassificationDataModule, TokenClassificationDataModule
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
-from lightning_modules.artifacts.checkpoints import AtomicCheckpointIO, check_checkpoint
+from lightning_modules.artifacts.checkpoints import (
+    AtomicCheckpointIO,
+    best_checkpoint_in,
+    check_checkpoint,
+    int8_checkpoint,
+    last_checkpoint_in,
+)
 from lightning_modules.artifacts.model_folder import checkpoint_tokenizer, stage_card, write_model_folder
 from lightning_modules.cpu import cpu_has_bf16
 from lightning_modules.stages.base import ClassificationModule
+from lightning_modules.train.messages import config_error_line, data_options, final_scores, input_error_in
 from lightning_modules.train.resume import ResumeCheckpoint
-
-
-def best_checkpoint_in(dirpath: str | Path) -> str:
-    """The best checkpoint recorded by ModelCheckpoint in the newest ``last*.ckpt`` of ``dirpath``
-    (a rerun into a folder that holds an old ``last.ckpt`` writes ``last-v1.ckpt``)."""
-    last = last_checkpoint_in(dirpath)
-    if last is None:
-        raise InputError(
-            f"--ckpt_path best: no last.ckpt in {dirpath} to read the best checkpoint from; "
-            "run fit first or pass a checkpoint file"
-        )
-    states = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
-    best = next((s["best_model_path"] for s in states.values() if s.get("best_model_path")), None)
-    if best is None or not os.path.isfile(best):
-        raise InputError(f"--ckpt_path best: {last} names no existing best checkpoint ({best}); pass a file")
-    return best
-
-
-def last_checkpoint_in(dirpath: str | Path) -> str | None:
-    """The newest ``last*.ckpt`` of a run's checkpoint folder (what ``--ckpt_path last`` resumes)."""
-    lasts = sorted(Path(dirpath).glob("last*.ckpt"), key=os.path.getmtime)
-    return str(lasts[-1]) if lasts else None
-
-
-def int8_checkpoint(path: str | None) -> dict | None:
-    """The checkpoint at ``path`` when it holds an int8 model (``quantization`` key), else None."""
-    if not path or not str(path).endswith(".ckpt") or not os.path.isfile(path):
-        return None
-    checkpoint = check_checkpoint(path)
-    return checkpoint if "quantization" in checkpoint else None
+from lightning_modules.train.wandb_run import finish_wandb, wandb_mode_default
 
 
 def _enum_as_value(dumper: yaml.SafeDumper, value: enum.Enum) -> yaml.Node:
@@ -75,18 +50,6 @@ def _enum_as_value(dumper: yaml.SafeDumper, value: enum.Enum) -> yaml.Node:
 # Lightning callbacks with enum defaults (Timer's ``interval=Interval.step``) must survive jsonargparse's
 # YAML round trip when added from the command line (--trainer.callbacks+=...Timer)
 yaml.SafeDumper.add_multi_representer(enum.Enum, _enum_as_value)
-
-
-def wandb_mode_default() -> None:
-    """Offline W&B unless an API key is set or the machine is logged in: never a prompt or a hang."""
-    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
-        return
-    try:
-        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        logged_in = False
-    if not logged_in:
-        os.environ["WANDB_MODE"] = "offline"
 
 
 class LoggedConfig(SaveConfigCallback):
@@ -390,6 +353,7 @@ class ShrinkCLI(LightningCLI):
                 f"model folder (transformers.pipeline, from_pretrained, push_to_hub): {folder}",
                 file=sys.stderr,
             )
+            print(final_scores(type(module).__name__, metrics), file=sys.stderr)
 
     def _last_validation_was_best(self, module, callback) -> bool:
         """The weights in memory are the best ones and their scores are known: the last validation
@@ -409,56 +373,6 @@ class ShrinkCLI(LightningCLI):
             config = None
         command = "shrink " + " ".join(shlex.quote(a) for a in self.command_line)
         return stage_card(module, self.datamodule, self.trainer.default_root_dir, metrics, command, config)
-
-
-def data_options() -> str:
-    """The data modules' options for ``fit --help`` (subclass mode hides them behind ``--data.help``)."""
-    names: dict[str, None] = {}
-    for cls in (SequenceClassificationDataModule, TokenClassificationDataModule, ClassificationDataModule):
-        params = inspect.signature(cls.__init__).parameters.values()
-        names.update(
-            dict.fromkeys(
-                p.name
-                for p in params
-                if p.name != "self"
-                and p.kind == p.KEYWORD_ONLY
-                or p.kind == p.POSITIONAL_OR_KEYWORD
-                and p.name != "self"
-            )
-        )
-    return (
-        "data options, set as --data.NAME VALUE (e.g. --data.data_files '{train: a.tsv, validation: b.tsv}'; "
-        "each explained by --data.help SequenceClassificationDataModule or TokenClassificationDataModule): "
-        + ", ".join(names)
-    )
-
-
-def input_error_in(error: BaseException | None) -> InputError | None:
-    """The InputError behind ``error``: jsonargparse wraps errors raised while instantiating classes."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, InputError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def config_error_line(message: str) -> str:
-    """Condense a jsonargparse error (union subtypes, nested reasons) to the line that names the problem."""
-    lines = list(dict.fromkeys(line.strip() for line in message.splitlines() if line.strip()))
-    if not lines:
-        return "invalid arguments"
-    head, rest = lines[0], lines[1:]
-    keywords = ("not accepted", "required", "nrecognized", "does not exist", "No such")
-    specific = [line for line in rest if any(k in line for k in keywords)]
-    if specific:
-        return f"{head} {specific[0]}"
-    inner = [line for line in rest if line.startswith("Parser key")]
-    given = [line for line in rest if line.startswith("Given value:")]
-    if inner and given:  # a value of the wrong type deep inside a class's arguments
-        return f"{head} {inner[-1]} invalid value ({given[0]})"
-    return head
 
 
 def main(args: list[str] | None = None) -> None:
@@ -493,14 +407,6 @@ def main(args: list[str] | None = None) -> None:
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
     finish_wandb()
-
-
-def finish_wandb() -> None:
-    """One W&B run per command, also when commands run in one process (demo, tests); before the
-    command's last line, which stays last."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
 
 
 if __name__ == "__main__":

@@ -20,15 +20,22 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from datamodules.base import datamodule_from_config, parse_overrides
+from datamodules.from_config import datamodule_from_config, parse_overrides
 from lightning_modules import FineTuneModule
 from lightning_modules.cpu import cpu_name
 
 
 def validate(module: FineTuneModule, loader, precision: str) -> tuple[float, dict[str, float]]:
     """Seconds of one ``Trainer.validate`` over ``loader``, and its scores."""
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     started = time.perf_counter()
     scores = trainer.validate(module, dataloaders=loader, verbose=False)[0]
     return time.perf_counter() - started, scores
@@ -75,8 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.classify:
         seconds = classify_seconds(args.model, args.classify, args.threads, args.rounds)
         median = {kind: statistics.median(s) for kind, s in seconds.items()}
-        print(f"shrink-classify {Path(args.model).name} --file {Path(args.classify).name}, {args.threads} threads, "
-              f"{cpu_name()}: {seconds}; longest first {median['input order'] / median['longest first']:.2f}x")  # fmt: skip
+        print(
+            f"shrink-classify {Path(args.model).name} --file {Path(args.classify).name}, {args.threads} threads, "
+            f"{cpu_name()}: {seconds}; longest first {median['input order'] / median['longest first']:.2f}x"
+        )
         return
     if not args.data:
         parser.error("--data is required (or --classify TEXTS)")
@@ -95,10 +104,19 @@ def main(argv: list[str] | None = None) -> None:
     real = sum(int(b["attention_mask"].sum()) for b in loaders["file order"])
     median = {name: statistics.median(s) for name, s in seconds.items()}
     shown = [k for k in scores["file order"] if k.count("/") == 1]  # per entity type: in the JSON
-    record = {"model": Path(args.model).name, "rows": len(loaders["file order"].dataset),
-              "eval_batch_size": data.eval_batch_size, "precision": args.precision, "threads": args.threads,
-              "cpu": cpu_name(), "real_tokens": real, "padded_tokens": tokens, "seconds": seconds,
-              "speed_longest_first": round(median["file order"] / median["longest first"], 2), "scores": scores}  # fmt: skip
+    record = {
+        "model": Path(args.model).name,
+        "rows": len(loaders["file order"].dataset),
+        "eval_batch_size": data.eval_batch_size,
+        "precision": args.precision,
+        "threads": args.threads,
+        "cpu": cpu_name(),
+        "real_tokens": real,
+        "padded_tokens": tokens,
+        "seconds": seconds,
+        "speed_longest_first": round(median["file order"] / median["longest first"], 2),
+        "scores": scores,
+    }
     lines = [
         f"{record['model']}, {record['rows']} rows, eval batch {data.eval_batch_size}, precision {args.precision}, "
         f"{args.threads} threads, {args.rounds} rounds, {cpu_name()}",

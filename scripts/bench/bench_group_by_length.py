@@ -18,7 +18,7 @@ import time
 import lightning as L
 import torch
 
-from datamodules.base import datamodule_from_config, parse_overrides
+from datamodules.from_config import datamodule_from_config, parse_overrides
 from lightning_modules import FineTuneModule
 
 

@@ -96,8 +96,13 @@ def trainer_setup(a: dict):
             return Dataset.from_dict({**e, "labels": labels})
 
         auto, collator = AutoModelForTokenClassification, DataCollatorForTokenClassification(tok)
-    model = auto.from_pretrained(a["model"], num_labels=len(names), id2label=dict(enumerate(names)),
-                                 label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)  # fmt: skip
+    model = auto.from_pretrained(
+        a["model"],
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        ignore_mismatched_sizes=True,
+    )
 
     def evaluate(trainer) -> tuple[float, float]:
         """The dev metric, and the seconds ``trainer.predict`` took on the dev split."""
@@ -140,10 +145,25 @@ def trainer_child(a: dict) -> None:
         version["train_sampling_strategy"] = "group_by_length" if a["grouped"] else "random"
     if not a["defaults"]:  # else TrainingArguments' own (8)
         version["per_device_eval_batch_size"] = a["batch_size"]
-    args = TrainingArguments(output_dir=a["out"], per_device_train_batch_size=a["batch_size"], learning_rate=a["lr"],
-        weight_decay=0.01, adam_epsilon=1e-8, num_train_epochs=1, lr_scheduler_type="linear",
-        bf16=a["precision"] == "bf16-mixed", use_cpu=not torch.cuda.is_available(), save_strategy="no", eval_strategy="no",
-        report_to=[], logging_steps=50, seed=a["seed"], disable_tqdm=True, dataloader_num_workers=0, **version)  # fmt: skip
+    args = TrainingArguments(
+        output_dir=a["out"],
+        per_device_train_batch_size=a["batch_size"],
+        learning_rate=a["lr"],
+        weight_decay=0.01,
+        adam_epsilon=1e-8,
+        num_train_epochs=1,
+        lr_scheduler_type="linear",
+        bf16=a["precision"] == "bf16-mixed",
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        logging_steps=50,
+        seed=a["seed"],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **version,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
     out = trainer.train()
     metric, eval_s = evaluate(trainer)
@@ -158,16 +178,41 @@ def run_shrink(args, rows: int, out: Path, compiled: bool = False, split: bool =
     config = ROOT / "configs" / ("sst2" if args.task == "sequence" else "conll2003") / "finetune.yaml"
     files = f"{{train: {args.train}, validation: {args.dev}}}"
     cli = [
-        sys.executable, str(ROOT / "scripts" / "train.py"), "fit", "--config", str(config),
-        "--model.init_args.model_name_or_path", args.model, "--model.init_args.learning_rate", str(args.lr),
-        "--model.init_args.warmup_ratio", str(args.warmup_ratio),
-        "--data.init_args.data_files", files, "--data.init_args.max_train_samples", str(rows),
-        "--data.init_args.batch_size", str(args.batch_size), "--data.init_args.max_length", str(args.max_length),
-        "--data.init_args.cache_dir", str(out / "cache"), "--trainer.max_epochs", "1", "--trainer.val_check_interval", "1.0",
-        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=lightning.pytorch.callbacks.Timer", "--out_dir", str(out / "run"),
-        "--seed_everything", str(args.seed),
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "fit",
+        "--config",
+        str(config),
+        "--model.init_args.model_name_or_path",
+        args.model,
+        "--model.init_args.learning_rate",
+        str(args.lr),
+        "--model.init_args.warmup_ratio",
+        str(args.warmup_ratio),
+        "--data.init_args.data_files",
+        files,
+        "--data.init_args.max_train_samples",
+        str(rows),
+        "--data.init_args.batch_size",
+        str(args.batch_size),
+        "--data.init_args.max_length",
+        str(args.max_length),
+        "--data.init_args.cache_dir",
+        str(out / "cache"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.val_check_interval",
+        "1.0",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.Timer",
+        "--out_dir",
+        str(out / "run"),
+        "--seed_everything",
+        str(args.seed),
+    ]
     if not args.defaults:  # else the recipe's own precision (per CPU), batching and splitting
         cli += [
             "--trainer.precision",
@@ -208,8 +253,12 @@ def run_trainer(args, rows: int, out: Path) -> dict:
     if args.defaults:  # TrainingArguments' own: fp32, random batches
         spec.update(precision="32", grouped=False)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, __file__, "--trainer-child", json.dumps(spec)], capture_output=True,
-                            text=True, env=dict(os.environ, WANDB_MODE="disabled"))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, __file__, "--trainer-child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, WANDB_MODE="disabled"),
+    )
     total = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"Trainer failed:\n{result.stderr[-3000:]}")
@@ -281,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
                     a["train_s"] - small * s for a, s in zip(by_rows[small], slopes, strict=True)
                 ),
                 1,
-            ),  # fmt: skip
+            ),
             "ms_per_row_median": round(1000 * statistics.median(slopes), 2),
             "other_s_median": round(
                 statistics.median(r["other_s"] for rs in by_rows.values() for r in rs), 1
@@ -291,12 +340,21 @@ def main(argv: list[str] | None = None) -> None:
                 statistics.median(r["eval_s"] for rs in by_rows.values() for r in rs), 2
             ),
         }
-    speeds = {tool: round(summary["trainer"]["ms_per_row_median"] / v["ms_per_row_median"], 2)
-              for tool, v in summary.items() if tool != "trainer"}  # fmt: skip
+    speeds = {
+        tool: round(summary["trainer"]["ms_per_row_median"] / v["ms_per_row_median"], 2)
+        for tool, v in summary.items()
+        if tool != "trainer"
+    }
     from lightning_modules.cpu import cpu_name
 
-    record = {"args": vars(args), "cpu": cpu_name(), "summary": summary, "shrink_speed_vs_trainer": speeds["shrink"],
-              "speed_vs_trainer": speeds, "runs": runs}  # fmt: skip
+    record = {
+        "args": vars(args),
+        "cpu": cpu_name(),
+        "summary": summary,
+        "shrink_speed_vs_trainer": speeds["shrink"],
+        "speed_vs_trainer": speeds,
+        "runs": runs,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setting = "defaults" if args.defaults else f"{'grouped' if args.grouped else 'random'}-{args.precision}"

@@ -76,8 +76,9 @@ def op_totals(profiler: torch.profiler.profile) -> dict[str, tuple[int, float]]:
     return {e.key: (e.count, e.self_cpu_time_total / 1000) for e in profiler.key_averages()}
 
 
-def bare_epoch(model_dir: str, task: str, num_labels: int, batches: list[dict], lr: float,
-               ops: dict | None = None) -> list[float]:  # fmt: skip
+def bare_epoch(
+    model_dir: str, task: str, num_labels: int, batches: list[dict], lr: float, ops: dict | None = None
+) -> list[float]:
     """Seconds of each bare step (forward, backward, fused AdamW with shrink's groups, schedule,
     zero_grad) over ``batches``, from the pretrained weights; with ``ops`` ({}), the ops it ran
     (torch.profiler) go there instead."""
@@ -93,10 +94,13 @@ def bare_epoch(model_dir: str, task: str, num_labels: int, batches: list[dict], 
     no_decay = ("bias", "LayerNorm.weight")
     named = list(model.named_parameters())
     optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": 0.01},
-         {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}],
-        lr=lr, fused=True,
-    )  # fmt: skip
+        [
+            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": 0.01},
+            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        fused=True,
+    )
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * len(batches)), len(batches))
     seconds = []
     profiling = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
@@ -119,16 +123,39 @@ def run_shrink(args, out: Path) -> dict:
     config = ROOT / "configs" / ("sst2" if args.task == "sequence" else "conll2003") / "finetune.yaml"
     sys.modules.setdefault("profile_loop", sys.modules[__name__])  # so the CLI finds KeepBatches
     cli = [
-        "fit", "--config", str(config), "--model.init_args.model_name_or_path", args.model,
-        "--model.init_args.learning_rate", str(args.lr),
-        "--data.init_args.data_files", f"{{train: {args.train}, validation: {args.train}}}",
-        "--data.init_args.max_train_samples", str(args.rows), "--data.init_args.max_eval_samples", "32",
-        "--data.init_args.group_by_length", "false", "--data.init_args.cache_dir", str(out / "cache"),
-        "--trainer.max_epochs", "1", "--trainer.precision", "32", "--trainer.limit_val_batches", "0",
-        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
-        "--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler",
-        "--trainer.callbacks+=profile_loop.KeepBatches", "--out_dir", str(out / "run"),
-    ]  # fmt: skip
+        "fit",
+        "--config",
+        str(config),
+        "--model.init_args.model_name_or_path",
+        args.model,
+        "--model.init_args.learning_rate",
+        str(args.lr),
+        "--data.init_args.data_files",
+        f"{{train: {args.train}, validation: {args.train}}}",
+        "--data.init_args.max_train_samples",
+        str(args.rows),
+        "--data.init_args.max_eval_samples",
+        "32",
+        "--data.init_args.group_by_length",
+        "false",
+        "--data.init_args.cache_dir",
+        str(out / "cache"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.precision",
+        "32",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.profiler",
+        "lightning.pytorch.profilers.SimpleProfiler",
+        "--trainer.callbacks+=profile_loop.KeepBatches",
+        "--out_dir",
+        str(out / "run"),
+    ]
     if args.task == "token":
         cli += ["--data.init_args.tag_column", "3"]
     if args.log_every:
@@ -145,10 +172,13 @@ def run_shrink(args, out: Path) -> dict:
         elif len(values) >= steps and name not in ("run_training_epoch", "run_training_batch"):
             per_step[short] = round(1000 * sum(values) / steps, 2)
     marks = KeepBatches.marks
-    return {"epoch_s": sum(durations["run_training_epoch"]), "steps": steps,
-            "step_s": [b - a for a, b in zip(marks, marks[1:], strict=False)],
-            "per_step_ms": dict(sorted(per_step.items(), key=lambda kv: -kv[1])),
-            "epoch_end_s": per_epoch}  # fmt: skip
+    return {
+        "epoch_s": sum(durations["run_training_epoch"]),
+        "steps": steps,
+        "step_s": [b - a for a, b in zip(marks, marks[1:], strict=False)],
+        "per_step_ms": dict(sorted(per_step.items(), key=lambda kv: -kv[1])),
+        "epoch_end_s": per_epoch,
+    }
 
 
 def run_trainer(args, out: Path) -> tuple[dict, list[dict]]:
@@ -171,15 +201,35 @@ def run_trainer(args, out: Path) -> tuple[dict, list[dict]]:
             kept.append({k: v.clone() for k, v in inputs.items() if k in MODEL_INPUTS})
             return super().training_step(model, inputs, *rest, **kw)
 
-    options = dict(output_dir=str(out / "hf"), per_device_train_batch_size=32, learning_rate=args.lr,
-                   weight_decay=0.01, num_train_epochs=1, lr_scheduler_type="linear", save_strategy="no",
-                   eval_strategy="no", report_to=[], logging_steps=50, seed=42, disable_tqdm=True)  # fmt: skip
-    trainer = KeepingTrainer(model=model, args=TrainingArguments(**options), train_dataset=train,
-                             data_collator=collator, callbacks=[StepClock()])  # fmt: skip
+    options = dict(
+        output_dir=str(out / "hf"),
+        per_device_train_batch_size=32,
+        learning_rate=args.lr,
+        weight_decay=0.01,
+        num_train_epochs=1,
+        lr_scheduler_type="linear",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        logging_steps=50,
+        seed=42,
+        disable_tqdm=True,
+    )
+    trainer = KeepingTrainer(
+        model=model,
+        args=TrainingArguments(**options),
+        train_dataset=train,
+        data_collator=collator,
+        callbacks=[StepClock()],
+    )
     result = trainer.train()
     steps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
-    timing = {"epoch_s": result.metrics["train_runtime"], "steps": len(kept), "step_s": steps,
-              "num_labels": model.config.num_labels}  # fmt: skip
+    timing = {
+        "epoch_s": result.metrics["train_runtime"],
+        "steps": len(kept),
+        "step_s": steps,
+        "num_labels": model.config.num_labels,
+    }
     return timing, kept
 
 
@@ -235,8 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     steps = len(KEPT)
     per_step = lambda ops, name: [round(v / steps, 2) for v in ops.get(name, (0, 0.0))]  # noqa: E731
     # ops shrink's step calls more often than the bare step: calls and self CPU ms per step, both sides
-    extra = {name: per_step(shrink_ops, name) + per_step(bare_ops, name)
-             for name, (calls, _) in shrink_ops.items() if calls > bare_ops.get(name, (0, 0))[0]}  # fmt: skip
+    extra = {
+        name: per_step(shrink_ops, name) + per_step(bare_ops, name)
+        for name, (calls, _) in shrink_ops.items()
+        if calls > bare_ops.get(name, (0, 0))[0]
+    }
     shrink["more_calls_than_bare"] = dict(sorted(extra.items(), key=lambda kv: kv[1][2] - kv[1][0])[:12])
     from lightning_modules.cpu import cpu_name
 
@@ -258,21 +311,28 @@ def main(argv: list[str] | None = None) -> None:
         "| tool | steps | epoch s | bare loop on its batches s | step ms (median) | bare step ms | "
         "overhead ms / step (median of paired steps) | overhead |",
         "|---|---|---|---|---|---|---|---|",
-        *[f"| {name} | {t['steps']} | {t['epoch_s']:.2f} | {t['bare_s']:.2f} | {t['step_ms']} | {t['bare_step_ms']} | "
-          f"{t['overhead_ms_per_step']} | {t['overhead_pct']}% |" for name, t in (("shrink", shrink), ("Trainer", trainer))],
+        *[
+            f"| {name} | {t['steps']} | {t['epoch_s']:.2f} | {t['bare_s']:.2f} | {t['step_ms']} | {t['bare_step_ms']} | "
+            f"{t['overhead_ms_per_step']} | {t['overhead_pct']}% |"
+            for name, t in (("shrink", shrink), ("Trainer", trainer))
+        ],
         "",
         "shrink's loop, by Lightning SimpleProfiler action, ms per step (nested: `optimizer_step` holds the "
         "closure, i.e. `training_step`, `backward` and their hooks, and `optimizer.step`):",
         "",
         *[f"- `{name}`: {ms}" for name, ms in shrink["per_step_ms"].items() if ms >= 0.05],
         "",
-        "once per epoch, s: " + ", ".join(f"`{name}` {s}" for name, s in shrink["epoch_end_s"].items() if s >= 0.01),
+        "once per epoch, s: "
+        + ", ".join(f"`{name}` {s}" for name, s in shrink["epoch_end_s"].items() if s >= 0.01),
         "",
         "torch.profiler: ops shrink's step calls more often than the bare step (calls / self CPU ms per step, "
         "shrink vs bare; `aten::_local_scalar_dense` is `.item()`):",
         "",
-        *[f"- `{name}`: {c} / {ms} ms vs {bc} / {bms} ms" for name, (c, ms, bc, bms) in shrink["more_calls_than_bare"].items()],
-    ]  # fmt: skip
+        *[
+            f"- `{name}`: {c} / {ms} ms vs {bc} / {bms} ms"
+            for name, (c, ms, bc, bms) in shrink["more_calls_than_bare"].items()
+        ],
+    ]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
