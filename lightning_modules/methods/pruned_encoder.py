@@ -55,7 +55,9 @@ def _pruned(base: type) -> type:
             super().__init__(config)
             apply_layout(self, config.shrink_pruned)
 
-    Pruned.__name__ = Pruned.__qualname__ = f"Pruned{base.__name__}"
+    # the base's name: transformers.pipeline checks a model's class name against its task's models (a
+    # pruned BERT is a BERT classifier of other shapes); auto_map finds it by the module-level names
+    Pruned.__name__ = Pruned.__qualname__ = base.__name__
     return Pruned
 
 

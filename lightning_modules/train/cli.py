@@ -63,6 +63,7 @@ class LoggedConfig(SaveConfigCallback):
 
 class ShrinkCLI(LightningCLI):
     command_line: list[str] = []  # the arguments of this run, for the model card
+    final_line: str | None = None  # a fit's final scores: the command's last line
 
     def instantiate_trainer(self, **kwargs):
         """Checkpoints are written atomically (temporary file + rename) unless a plugin says otherwise."""
@@ -353,7 +354,7 @@ class ShrinkCLI(LightningCLI):
                 f"model folder (transformers.pipeline, from_pretrained, push_to_hub): {folder}",
                 file=sys.stderr,
             )
-            print(final_scores(type(module).__name__, metrics), file=sys.stderr)
+            ShrinkCLI.final_line = final_scores(type(module).__name__, metrics)  # printed last, after W&B
 
     def _last_validation_was_best(self, module, callback) -> bool:
         """The weights in memory are the best ones and their scores are known: the last validation
@@ -378,6 +379,7 @@ class ShrinkCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     wandb_mode_default()
     ShrinkCLI.command_line = list(sys.argv[1:] if args is None else args)
+    ShrinkCLI.final_line = None
     try:
         ShrinkCLI(
             ClassificationModule,
@@ -407,6 +409,8 @@ def main(args: list[str] | None = None) -> None:
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
     finish_wandb()
+    if ShrinkCLI.final_line:
+        print(ShrinkCLI.final_line, file=sys.stderr)
 
 
 if __name__ == "__main__":
