@@ -277,7 +277,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
     big = {"state_dict": {"w": torch.zeros(30_000_000)}, "global_step": 2}  # ~120 MB: slow enough to kill
     code = (
         "import sys, torch; sys.path.insert(0, sys.argv[2]);"
-        "from lightning_modules.resume import AtomicCheckpointIO;"
+        "from lightning_modules.artifacts.checkpoints import AtomicCheckpointIO;"
         f"AtomicCheckpointIO().save_checkpoint({{'state_dict': {{'w': torch.zeros({big['state_dict']['w'].numel()})}}, "
         "'global_step': 2}, sys.argv[1])"
     )

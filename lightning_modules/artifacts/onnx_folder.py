@@ -1,7 +1,7 @@
 """Deployment: ONNX export of fp32 and int8 classifiers, run by ONNX Runtime on CPU, and the parity
 check that compares an exported model with the PyTorch model it came from.
 
-int8 graphs: ``lightning_modules.int8_onnx`` (what they compute, and which kernels run them).
+int8 graphs: ``lightning_modules.artifacts.int8_onnx`` (what they compute, and which kernels run them).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ ONNX_FILE = "model.onnx"  # the file name optimum's ORTModel classes look for in
 INT8_KERNELS = (
     "u8s8",
     "u8u8",
-)  # int8 matmul operand types, the file's default first (lightning_modules.int8_onnx)
+)  # int8 matmul operand types, the file's default first (lightning_modules.artifacts.int8_onnx)
 # ONNX Runtime execution providers by name, each with its fallbacks (nodes a provider lacks run on the
 # next); TensorRT builds an fp16 engine (and caches nothing: the first batch of each shape is slow)
 PROVIDERS = {

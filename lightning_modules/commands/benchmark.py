@@ -9,7 +9,7 @@ Runtime on CPU.
         --model "student QAT int8=outputs/sst2/qat/int8.ckpt"
 
 ``--ort-peers NAME`` adds, for the fp32 model NAME, what a user gets from ONNX Runtime's own
-quantizer on its fp32 export (``lightning_modules.ort_quantizer``: dynamic int8, optimum's default
+quantizer on its fp32 export (``lightning_modules.commands.ort_peers``: dynamic int8, optimum's default
 recipe, and calibrated static QDQ int8), scored and timed in the same rounds as every other row.
 
 ONNX folders (``shrink export onnx``) are timed as exported, the file whose parity was checked:

@@ -5,7 +5,7 @@ distillation losses against a teacher: by default the unpruned model itself, or 
 teacher (``model.teacher``; teacher cache included). While it trains, heads and FFN neurons are
 switched off by masks in ``pruning_events`` steps spread over the first ``pruning_end`` of training,
 on a cubic schedule (Zhu & Gupta 2017: most units go early, while the model can still recover),
-each time those with the lowest first-order Taylor importance (``lightning_modules.pruning``) since
+each time those with the lowest first-order Taylor importance (``lightning_modules.methods.pruning``) since
 the previous step. The rest of training recovers accuracy. When fit ends the best fully pruned
 weights become a physically smaller model (``OUT_DIR/model/``).
 

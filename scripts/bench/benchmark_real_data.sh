@@ -11,7 +11,7 @@ STUDENTS=${5:-$FT}
 THREADS=${THREADS:-1}
 TASKS=${TASKS:-sst2 conll}
 export HF_HUB_OFFLINE=1
-best() { python -c "from lightning_modules.cli import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
+best() { python -c "from lightning_modules.artifacts.checkpoints import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
 for task in $TASKS; do
   if [[ $task == sst2 ]]; then
     config=configs/sst2/qat.yaml split=validation

@@ -30,7 +30,7 @@ data+=(--data.num_workers 1 --data.tokenizer "$MINILM" ${ROWS:+--data.max_train_
 teacher=${TEACHER_CKPT:-$STUDENT}
 [[ -n ${TEACHER_TOKENIZER:-} ]] && data+=(--data.teacher_tokenizer "$TEACHER_TOKENIZER")
 mkdir -p "$OUT/$TASK"
-best() { python -c "from lightning_modules.cli import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
+best() { python -c "from lightning_modules.artifacts.checkpoints import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
 want() { [[ " $RUNS " == *" $1 "* ]]; }
 
 recover() {  # name, config, args...: fit, then log the wall time

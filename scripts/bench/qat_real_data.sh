@@ -15,7 +15,7 @@ RUNS=${RUNS:-sst2-qat sst2-qat-self sst2-ptq sst2-fp32-more conll-qat conll-qat-
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 MINILM="$MODELS/all-MiniLM-L6-v2"
-best() { python -c "from lightning_modules.cli import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
+best() { python -c "from lightning_modules.artifacts.checkpoints import best_checkpoint_in; print(best_checkpoint_in('$1/checkpoints'))"; }
 SST2=(--data.num_workers 1 --data.tokenizer "$MINILM" --data.data_files "{train: $DATA/sst2/train.tsv, validation: $DATA/sst2/dev.tsv}"
       ${ROWS:+--data.max_train_samples $ROWS} --trainer.val_check_interval 0.5 ${LR:+--model.learning_rate $LR})
 CONLL=(--data.num_workers 1 --data.tokenizer "$MINILM" --data.tag_column 3 ${CONLL_ROWS:+--data.max_train_samples $CONLL_ROWS}
