@@ -70,7 +70,8 @@ def test_the_quickstart_runs_as_written_outside_the_repository(tmp_path):
     assert "TracerWarning" not in result.stderr  # known-harmless export warnings are not shown
     # the int8 card's lineage keeps every step, also with a teacher in QAT (its history is not the model's)
     card = (tmp_path / "runs" / "int8" / "model" / "README.md").read_text()
-    steps = [card.index(s) for s in ("FineTuneModule", "DistillationModule", "QATModule")]
+    lineage = card.split("## Lineage")[1].split("##")[0]
+    steps = [lineage.index(f"**{s}**") for s in ("FineTuneModule", "DistillationModule", "QATModule")]
     assert steps == sorted(steps), card[:2000]
     assert "int8" in (tmp_path / "runs" / "benchmark" / "benchmark.md").read_text()
     lines = result.stdout.strip().splitlines()[-2:]

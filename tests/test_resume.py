@@ -20,18 +20,19 @@ from lightning_modules.artifacts.checkpoints import AtomicCheckpointIO, check_ch
 from tests.conftest import ENV, ROOT, run_cli, run_cli_process
 
 
-def config(stage: str, tmp: Path) -> str:
-    """The demo config of ``stage`` with last.ckpt every 3 steps instead of 50."""
-    path = tmp / f"sequence_{stage}.yaml"
+def config(stage: str, tmp: Path, task: str = "sequence", every: int = 3) -> str:
+    """The demo recipe of ``stage`` as shipped (its callbacks, logger and data inlined), with last.ckpt
+    every ``every`` steps."""
+    path = tmp / f"{task}_{stage}_every{every}.yaml"
     if not path.exists():
-        source = ROOT / "configs" / "demo-sequence" / f"{stage}.yaml"
+        source = ROOT / "configs" / f"demo-{task}" / f"{stage}.yaml"
         values = yaml.safe_load(source.read_text())
         for key in ("callbacks", "logger"):  # the shared files the recipe names, inlined
             values["trainer"][key] = yaml.safe_load((source.parent / values["trainer"][key]).read_text())
         values["data"] = yaml.safe_load((source.parent / values["data"]).read_text())
         for callback in values["trainer"]["callbacks"]:
             if callback["class_path"].endswith("ResumeCheckpoint"):
-                callback["init_args"]["every_n_train_steps"] = 3
+                callback["init_args"]["every_n_train_steps"] = every
         path.write_text(yaml.safe_dump(values))
     return str(path)
 
@@ -119,9 +120,10 @@ RECIPE_STEPS = 63  # 2,000 demo rows / batch 32
 
 
 def recipe_args(stage: str, task: str, tmp: Path, run: str, *extra: str) -> list[str]:
+    """The shipped recipe, last.ckpt every 50 steps: mid-epoch in the demo's 63-step epoch."""
     return [
         "--config",
-        str(ROOT / "configs" / f"demo-{task}" / f"{stage}.yaml"),
+        config(stage, tmp, task, every=50),
         "--data.init_args.max_eval_samples",
         "64",
         "--data.init_args.cache_dir",
