@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from datamodules.demo import demo_split, demo_tokenizer
 from lightning_modules.commands import benchmark, export
-from lightning_modules.commands.classify import entities, word_spans
+from lightning_modules.commands.classify import FolderTokenizer, entities, word_spans
 from lightning_modules.commands.classify import main as classify_main
 from lightning_modules.cpu import has_int8_dot
 from lightning_modules.train import cli
@@ -337,6 +338,34 @@ def test_onnx_folder_and_shrink_classify_on_raw_text(fitted, tmp_path, capsys):
             assert [(e["type"], e["start"], e["end"]) for e in together["entities"]] == [
                 (e["type"], e["start"], e["end"]) for e in alone["entities"]
             ]
+    # an ONNX folder runs without torch (a clean process), with the same lines as in-process
+    clean = (
+        "import sys; from lightning_modules.commands.classify import main; main(sys.argv[1:]); "
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchao', 'transformers')]"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", clean, str(out), text, "the second text"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [json.loads(line) for line in result.stdout.splitlines()] == outputs[out.name]
+    # its tokenizer encodes as transformers' does: special tokens, pairs, truncation, padding, offsets
+    reference, mine = AutoTokenizer.from_pretrained(out), FolderTokenizer(out)
+    samples = [*texts, " ".join([text] * 200)]
+    batch, word_ids, offsets = mine(samples, None, 512, True)
+    want = reference(samples, padding=True, truncation=True, max_length=512, return_offsets_mapping=True)
+    assert {k: v.tolist() for k, v in batch.items() if k in want} == {
+        k: v for k, v in want.items() if k != "offset_mapping"
+    }
+    assert word_ids == [want.word_ids(r) for r in range(len(samples))]
+    assert offsets == [[list(o) for o in row] for row in want["offset_mapping"]]
+    batch, _, _ = mine(samples, samples[::-1], 24, False)
+    want = reference(samples, samples[::-1], padding=True, truncation=True, max_length=24)
+    assert {k: v.tolist() for k, v in batch.items() if k in want} == dict(want)
     for bad, message in ((["x", ""], "input 2 is empty"), ([], "no input")):
         with pytest.raises(SystemExit) as exit_info:
             classify_main([str(out), *bad]) if bad else classify_main([str(out), "--file", "/dev/null"])

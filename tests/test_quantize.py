@@ -16,10 +16,8 @@ from onnx.reference.op_run import OpRun
 from datamodules import InputError
 from lightning_modules import FineTuneModule
 from lightning_modules.artifacts.classifiers import load_classifier
-from lightning_modules.artifacts.int8_onnx import set_weight_kernel, weight_kernel
 from lightning_modules.artifacts.onnx_folder import (
     INT8_KERNELS,
-    OnnxClassifier,
     export_onnx,
     fused_ops,
     input_names,
@@ -27,6 +25,7 @@ from lightning_modules.artifacts.onnx_folder import (
     parity,
     pytorch_logits,
 )
+from lightning_modules.artifacts.onnx_session import OnnxClassifier, set_weight_kernel, weight_kernel
 from lightning_modules.cpu import has_int8_dot
 from lightning_modules.methods.quantize import (
     SCHEMES,

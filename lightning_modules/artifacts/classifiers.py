@@ -11,7 +11,8 @@ import torch
 
 from datamodules.errors import InputError
 from lightning_modules.artifacts.checkpoints import check_checkpoint
-from lightning_modules.artifacts.model_folder import INT8_FILE, checkpoint_tokenizer, folder_task
+from lightning_modules.artifacts.model_folder import INT8_FILE, checkpoint_tokenizer
+from lightning_modules.artifacts.onnx_session import folder_task
 from lightning_modules.methods.pruning import (
     model_from_config,
     prune_model,

@@ -17,7 +17,7 @@ the int32 sums are exact). On AVX2 without VNNI that kernel (``vpmaddubsw``) add
 into int16 and saturates; ``u8u8`` (weights shifted into uint8 with a zero point of 128) widens to
 16 bits first and is exact on every x86 and ARM CPU, but slower on VNNI / AMX. The file is
 u8s8, and ``OnnxClassifier`` (every shrink command that runs ONNX) rewrites it to u8u8 in memory on
-a CPU without VNNI / AMX (``set_weight_kernel``); export with ``--int8-kernel u8u8`` for a file that
+a CPU without VNNI / AMX (``onnx_session.set_weight_kernel``); export with ``--int8-kernel u8u8`` for a file that
 plain ONNX Runtime runs exactly on such CPUs.
 """
 
@@ -86,64 +86,6 @@ def constant_reshapes(model: Any) -> int:
             return count
         for n in dead:
             model.graph.node.remove(n)
-
-
-def _int8_matmuls(model: Any) -> list[tuple[Any, int]]:
-    """The int8 matmul nodes of a graph with the index of their weight zero-point input."""
-    zp_input = {"MatMulInteger": 3, "MatMulIntegerToFloat": 5}
-    return [(n, zp_input[n.op_type]) for n in model.graph.node if n.op_type in zp_input]
-
-
-def weight_kernel(model: Any) -> str | None:
-    """``u8s8`` or ``u8u8``: the operand types of an exported graph's int8 matmuls (None: fp32)."""
-    from onnx import TensorProto
-
-    types = {i.name: i.data_type for i in model.graph.initializer}
-    weights = {types.get(n.input[1]) for n, _ in _int8_matmuls(model)}
-    return None if not weights else "u8u8" if TensorProto.UINT8 in weights else "u8s8"
-
-
-def set_weight_kernel(model: Any, kernel: str) -> int:
-    """Rewrite (in place) every int8 matmul's weights to ``kernel``: ``u8u8`` stores ``w + 128`` as
-    uint8 with zero point 128, ``u8s8`` stores ``w`` as int8 with none. ``(x - zx) * w`` is the same
-    integer either way; u8s8 is exact only where ``has_int8_dot()``. Returns how many changed."""
-    from onnx import TensorProto, numpy_helper
-
-    weights = {i.name: i for i in model.graph.initializer}
-    offset = "int8/w_offset"
-    count = 0
-    for node, zp in _int8_matmuls(model):
-        old = weights[node.input[1]]
-        if (old.data_type == TensorProto.UINT8) == (kernel == "u8u8"):
-            continue
-        inputs = list(node.input) + [""] * max(0, zp + 1 - len(node.input))
-        values = numpy_helper.to_array(old).astype(np.int16)
-        if kernel == "u8u8":
-            if inputs[zp]:  # an int8 weight zero point: fold it in before shifting
-                values = values - numpy_helper.to_array(weights[inputs[zp]]).astype(np.int16)
-            values, inputs[zp] = values + 128, offset
-        else:  # the file's own zero point, whatever it is: a wrong one stays wrong, and parity sees it
-            values = values - (
-                numpy_helper.to_array(weights[inputs[zp]]).astype(np.int16) if inputs[zp] else 0
-            )
-            inputs[zp] = ""
-        lo, hi = (0, 255) if kernel == "u8u8" else (-128, 127)
-        if values.min() < lo or values.max() > hi:
-            continue  # not representable in the other type: this layer stays as it is
-        while inputs and inputs[-1] == "":
-            inputs.pop()
-        old.CopyFrom(
-            numpy_helper.from_array(values.astype(np.uint8 if kernel == "u8u8" else np.int8), old.name)
-        )
-        del node.input[:]
-        node.input.extend(inputs)
-        count += 1
-    used = {i for n in model.graph.node for i in n.input}
-    if offset in used and offset not in weights:
-        model.graph.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), offset))
-    elif offset not in used and offset in weights:  # no longer used: ONNX Runtime would warn about it
-        model.graph.initializer.remove(weights[offset])
-    return count
 
 
 def _int8_parts(weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -78,16 +78,6 @@ def save_tokenizer(tokenizer: Any, folder: str | Path) -> None:
             config.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n")
 
 
-def folder_task(config: Any) -> str | None:
-    """``sequence`` / ``token`` from a Hugging Face config's architectures, else None."""
-    names = " ".join(config.architectures or [])
-    if "ForTokenClassification" in names:
-        return "token"
-    if "ForSequenceClassification" in names:
-        return "sequence"
-    return None
-
-
 # --- model folders -------------------------------------------------------------------------------
 def replace_folder(build, folder: str | Path) -> Path:
     """Call ``build(tmp)`` on a temporary sibling of ``folder``, then swap it in: a failed write
@@ -205,7 +195,7 @@ def stage_card(
     module: Any, datamodule: Any, out_dir: str, metrics: dict[str, Any], command: str, config: str | None
 ) -> str:
     """The model card of a stage's ``model/`` folder: what the module trained, on what, how well."""
-    int8 = getattr(module, "is_int8", False)
+    int8 = module.int8_record()
     model = module.deployable_model()
     facts = {
         "task": f"{module.task} classification",
@@ -213,8 +203,8 @@ def stage_card(
         **parameters_and_bytes(model),
         "data": datamodule.source,
         "tokenizer": datamodule.tokenizer_name,
-        "int8": module.quantization.get("scheme") if int8 else "no (fp32)",
-        **(module.pruning_report() if hasattr(module, "pruning_report") else {}),
+        "int8": int8["scheme"] if int8 else "no (fp32)",
+        **module.card_facts(),
     }
     usage = None
     if getattr(model.config, "shrink_pruned", None):  # its shapes are rebuilt by pruned_encoder.py
@@ -241,6 +231,16 @@ def parameters_and_bytes(model: torch.nn.Module) -> dict[str, Any]:
 
     params = sum(p.numel() for p in model.parameters())
     return {"parameters": f"{params / 1e6:.2f}M", "weights size": f"{weights_bytes(model) / 1e6:.2f} MB"}
+
+
+def write_metrics(folder: str, name: str, metrics: dict[str, Any]) -> str:
+    """``folder/{name}_metrics.json`` (written whole or not at all), for scripts to read."""
+    path = os.path.join(folder, f"{name}_metrics.json")
+    os.makedirs(folder or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

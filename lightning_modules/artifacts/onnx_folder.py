@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from datamodules.errors import InputError
@@ -22,51 +21,14 @@ from lightning_modules.artifacts.int8_onnx import (
     MS,
     constant_reshapes,
     int8_graph,
-    set_weight_kernel,
-    weight_kernel,
 )
-from lightning_modules.cpu import has_int8_dot
 from lightning_modules.methods.quantize import dequantized, is_quantized
 
 OPSET = 17
-ONNX_FILE = "model.onnx"  # the file name optimum's ORTModel classes look for in a folder
 INT8_KERNELS = (
     "u8s8",
     "u8u8",
 )  # int8 matmul operand types, the file's default first (lightning_modules.artifacts.int8_onnx)
-# ONNX Runtime execution providers by name, each with its fallbacks (nodes a provider lacks run on the
-# next); TensorRT builds an fp16 engine (and caches nothing: the first batch of each shape is slow)
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": [
-        ("TensorrtExecutionProvider", {"trt_fp16_enable": True}),
-        "CUDAExecutionProvider",
-        "CPUExecutionProvider",
-    ],
-}
-
-
-def provider_name(provider: str) -> str:
-    """ONNX Runtime's name of the execution provider ``provider`` (cpu, cuda, tensorrt) asks for."""
-    if provider not in PROVIDERS:
-        raise InputError(f"provider {provider!r} is not one of {sorted(PROVIDERS)}")
-    first = PROVIDERS[provider][0]
-    return first[0] if isinstance(first, tuple) else first
-
-
-def session_providers(provider: str) -> list:
-    """ONNX Runtime's provider list for ``provider`` (cpu, cuda, tensorrt); one line when this
-    ONNX Runtime lacks it (the CPU wheel has no CUDA or TensorRT)."""
-    import onnxruntime as ort
-
-    wanted = provider_name(provider)
-    if wanted not in ort.get_available_providers():
-        raise InputError(
-            f"this ONNX Runtime has no {wanted} (it has {', '.join(ort.get_available_providers())}): "
-            "on a GPU machine `pip install onnxruntime-gpu` (in place of onnxruntime), or use --provider cpu"
-        )
-    return PROVIDERS[provider]
 
 
 def input_names(model: torch.nn.Module) -> list[str]:
@@ -191,53 +153,6 @@ def fused_ops(path: str | Path) -> dict[str, int]:
     import onnx
 
     return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node if n.domain == "com.microsoft"))
-
-
-class OnnxClassifier:
-    """An exported classifier run by ONNX Runtime: ``logits = model(batch)``."""
-
-    def __init__(
-        self, path: str | Path, threads: int = 1, kernel: str = "auto", provider: str = "cpu"
-    ) -> None:
-        """
-        Args:
-            path: an ``.onnx`` file or an ONNX folder holding ``model.onnx``.
-            threads: ONNX Runtime's intra-op threads.
-            kernel: ``auto`` runs an int8 graph's matmuls as uint8 x int8 on CPUs where that is exact
-                (VNNI / AMX, ``has_int8_dot``) and as uint8 x uint8 elsewhere (AVX2 without VNNI
-                saturates u8s8 sums); ``as-exported`` runs the file unchanged. ``self.kernel`` says
-                which ran (``None``: no int8 layers).
-            provider: ``cpu``, ``cuda`` or ``tensorrt`` (``PROVIDERS``; the GPU ones need onnxruntime-gpu).
-        """
-        import onnx
-        import onnxruntime as ort
-
-        if kernel not in ("auto", "as-exported"):
-            raise InputError(f"kernel {kernel!r} is not auto or as-exported")
-        if Path(path).is_dir():  # an ONNX folder of shrink export onnx
-            path = Path(path) / ONNX_FILE
-        if not Path(path).is_file():
-            raise InputError(f"ONNX model {path} does not exist: export it first (shrink export onnx)")
-        providers = session_providers(provider)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        source: str | bytes = str(path)
-        graph = onnx.load(str(path))
-        self.kernel = weight_kernel(graph)
-        if kernel == "auto" and provider == "cpu" and self.kernel:  # the kernel choice is about CPUs
-            wanted = "u8s8" if has_int8_dot() else "u8u8"
-            if self.kernel != wanted and set_weight_kernel(graph, wanted):
-                exact = (
-                    "VNNI/AMX: exact here" if wanted == "u8s8" else "no VNNI/AMX here: u8s8 would saturate"
-                )
-                source, self.kernel = graph.SerializeToString(), f"{wanted} ({exact})"
-        self.session = ort.InferenceSession(source, options, providers=providers)
-        self.names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        feed = {k: v.numpy().astype(np.int64) for k, v in model_inputs(batch, self.names).items()}
-        return torch.from_numpy(self.session.run(None, feed)[0])
 
 
 def pytorch_logits(model: torch.nn.Module, names: list[str], device: str | torch.device = "cpu"):

@@ -40,14 +40,13 @@ import torch
 
 from datamodules import InputError, datamodule_from_config, parse_overrides
 from lightning_modules.artifacts.classifiers import load_trained
-from lightning_modules.artifacts.model_folder import folder_task, read_json
-from lightning_modules.artifacts.onnx_folder import (
+from lightning_modules.artifacts.model_folder import read_json
+from lightning_modules.artifacts.onnx_folder import export_onnx, input_names, pytorch_logits
+from lightning_modules.artifacts.onnx_session import (
     ONNX_FILE,
     PROVIDERS,
     OnnxClassifier,
-    export_onnx,
-    input_names,
-    pytorch_logits,
+    folder_task,
     session_providers,
 )
 from lightning_modules.commands.benchmark_report import markdown, metric_key, plot

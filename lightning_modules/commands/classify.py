@@ -19,77 +19,94 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
+from tokenizers import Tokenizer
 
-from datamodules.demo import demo_tokenizer
 from datamodules.errors import InputError
-from lightning_modules.artifacts.classifiers import load_trained
-from lightning_modules.artifacts.model_folder import folder_task
-from lightning_modules.artifacts.onnx_folder import ONNX_FILE, OnnxClassifier, input_names, pytorch_logits
+from lightning_modules.artifacts.onnx_session import ONNX_FILE, OnnxClassifier, folder_task
+
+# (batch of numpy arrays, word ids per row, character offsets per row): what a tokenizer gives here
+Encoded = tuple[dict[str, np.ndarray], list[list[int | None]] | None, list[list[list[int]]] | None]
+
+
+class FolderTokenizer:
+    """A folder's ``tokenizer.json`` run by the ``tokenizers`` library, as ``transformers`` runs it
+    (special tokens, pairs, truncation to ``model_max_length``, padding), without importing torch."""
+
+    def __init__(self, folder: str | Path) -> None:
+        if not (Path(folder) / "tokenizer.json").is_file():
+            raise InputError(f"{folder} has no tokenizer.json: export it again with shrink export onnx")
+        config_file = Path(folder) / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        self.tokenizer = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+        pad = config.get("pad_token") or "[PAD]"
+        pad = pad["content"] if isinstance(pad, dict) else pad
+        pad_id = self.tokenizer.token_to_id(pad)
+        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad)
+        self.model_max_length = min(int(config.get("model_max_length") or 512), 10**6)
+
+    def __call__(self, texts: list[str], pairs: list[str] | None, max_length: int, offsets: bool) -> Encoded:
+        self.tokenizer.enable_truncation(min(max_length, self.model_max_length))
+        rows = self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)) if pairs else texts)
+        batch = {
+            "input_ids": np.array([r.ids for r in rows], dtype=np.int64),
+            "attention_mask": np.array([r.attention_mask for r in rows], dtype=np.int64),
+            "token_type_ids": np.array([r.type_ids for r in rows], dtype=np.int64),
+        }
+        if not offsets:
+            return batch, None, None
+        return batch, [r.word_ids for r in rows], [[list(o) for o in r.offsets] for r in rows]
 
 
 class Classifier:
-    """``logits = classifier(encoding)`` for a model folder, an ONNX folder or a ``.ckpt``, with its
-    tokenizer, task and label names."""
+    """``classifier(texts)`` -> one result per text, for an ONNX folder (ONNX Runtime, no torch), a
+    model folder or a ``.ckpt`` (PyTorch), with its tokenizer, task and label names."""
 
     def __init__(self, path: str, threads: int = 1) -> None:
-        from transformers import AutoConfig, AutoTokenizer
-
         if not Path(path).exists():
             raise InputError(f"model {path} does not exist: give a model folder, an ONNX folder or a .ckpt")
         if (Path(path) / ONNX_FILE).is_file():
-            config = AutoConfig.from_pretrained(path)
-            self.task, tokenizer = folder_task(config), path
-            self.labels = [config.id2label[i] for i in range(config.num_labels)]
+            config = json.loads((Path(path) / "config.json").read_text())
+            self.task = folder_task(config)
+            self.labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+            self.tokenizer = FolderTokenizer(path)
             self.run = OnnxClassifier(Path(path) / ONNX_FILE, threads)
-        else:
-            trained = load_trained(path, role="model")
-            model, self.task, tokenizer = trained.model, trained.task, trained.tokenizer
-            self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-
-            self.run = pytorch_logits(model, input_names(model))
-        if tokenizer is None:
-            raise InputError(f"model {path} records no tokenizer: use a model folder or a recent .ckpt")
-        if tokenizer == "demo":
-            self.tokenizer = demo_tokenizer("~/.cache/shrink")
-        else:
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        else:  # PyTorch, loaded only for it
+            pytorch = import_module("lightning_modules.commands.classify_pytorch")
+            self.run, self.task, self.labels, self.tokenizer = pytorch.pytorch_classifier(path, threads)
 
     def __call__(
         self, texts: list[str], pairs: list[str] | None = None, max_length: int = 512
     ) -> list[dict[str, Any]]:
         if pairs is not None and self.task != "sequence":
             raise InputError("--pair is for sequence classification: a token classifier takes one text")
-        encoding = self.tokenizer(
-            texts,
-            pairs,
-            padding=True,
-            truncation=True,
-            max_length=min(max_length, self.tokenizer.model_max_length),
-            return_offsets_mapping=self.task == "token",
-            return_tensors="pt",
-        )
-        batch = {k: v for k, v in encoding.items() if k != "offset_mapping"}
-        logits = self.run(batch).float()
+        batch, word_ids, offsets = self.tokenizer(texts, pairs, max_length, self.task == "token")
+        logits = np.asarray(self.run(batch), dtype=np.float32)
         pair = (lambda n: {"text_pair": pairs[n]}) if pairs else (lambda n: {})
         if len(self.labels) == 1:  # regression: the predicted number, named after the label
             return [
-                {"text": t, **pair(n), self.labels[0]: round(v, 6)}
-                for n, (t, v) in enumerate(zip(texts, logits.squeeze(-1).tolist(), strict=True))
+                {"text": t, **pair(n), self.labels[0]: round(float(v), 6)}
+                for n, (t, v) in enumerate(zip(texts, logits.reshape(len(texts)), strict=True))
             ]
-        probabilities = logits.softmax(-1)
+        exp = np.exp(logits - logits.max(-1, keepdims=True))
+        probabilities = exp / exp.sum(-1, keepdims=True)
         if self.task == "sequence":
-            scores, ids = probabilities.max(-1)
             return [
-                {"text": t, **pair(n), "label": self.labels[i], "score": round(s, 6)}
-                for n, (t, i, s) in enumerate(zip(texts, ids.tolist(), scores.tolist(), strict=True))
+                {
+                    "text": t,
+                    **pair(n),
+                    "label": self.labels[int(p.argmax())],
+                    "score": round(float(p.max()), 6),
+                }
+                for n, (t, p) in enumerate(zip(texts, probabilities, strict=True))
             ]
         rows = []
         for row, text in enumerate(texts):
-            words = word_spans(encoding.word_ids(row), encoding["offset_mapping"][row].tolist())
+            words = word_spans(word_ids[row], offsets[row])
             tags = [
                 (self.labels[int(probabilities[row, t].argmax())], float(probabilities[row, t].max()))
                 for t, _, _ in words
@@ -186,23 +203,14 @@ def main(argv: list[str] | None = None) -> None:
             texts, pairs = map(list, zip(*(text.split("\t", 1) for text in texts), strict=True))
             if any(not p.strip() for p in pairs):
                 raise InputError("a second text is empty: with --pair give 'text<TAB>second text'")
-        threads = torch.get_num_threads()
-        try:
-            torch.set_num_threads(args.threads)
-            classifier = Classifier(args.model, args.threads)
-            for window in windows_longest_first(texts, pairs, args.batch_size):
-                results = {}
-                for chunk in (
-                    window[i : i + args.batch_size] for i in range(0, len(window), args.batch_size)
-                ):
-                    outputs = classifier(
-                        [texts[n] for n in chunk], [pairs[n] for n in chunk] if pairs else None
-                    )
-                    results.update(zip(chunk, outputs, strict=True))
-                for n in sorted(results):  # the input's order
-                    print(json.dumps(results[n], ensure_ascii=False), flush=True)
-        finally:  # the caller's thread count back (when run in-process)
-            torch.set_num_threads(threads)
+        classifier = Classifier(args.model, args.threads)
+        for window in windows_longest_first(texts, pairs, args.batch_size):
+            results = {}
+            for chunk in (window[i : i + args.batch_size] for i in range(0, len(window), args.batch_size)):
+                outputs = classifier([texts[n] for n in chunk], [pairs[n] for n in chunk] if pairs else None)
+                results.update(zip(chunk, outputs, strict=True))
+            for n in sorted(results):  # the input's order
+                print(json.dumps(results[n], ensure_ascii=False), flush=True)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

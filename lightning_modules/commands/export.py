@@ -43,16 +43,18 @@ from lightning_modules.artifacts.model_folder import (
 )
 from lightning_modules.artifacts.onnx_folder import (
     INT8_KERNELS,
-    ONNX_FILE,
     OPSET,
-    PROVIDERS,
-    OnnxClassifier,
     export_onnx,
     fused_ops,
     input_names,
     parity,
-    provider_name,
     pytorch_logits,
+)
+from lightning_modules.artifacts.onnx_session import (
+    ONNX_FILE,
+    PROVIDERS,
+    OnnxClassifier,
+    provider_name,
     session_providers,
 )
 from lightning_modules.commands.prune_vocab import prune_vocab_command

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from datamodules.errors import InputError
+from lightning_modules import quiet  # noqa: F401  (before torchao: its known-harmless load messages)
 
 SCHEMES = {
     "static": "int8 weights (per-channel, symmetric) + int8 static per-tensor activations (calibrated)",
@@ -122,7 +123,7 @@ def calibrate(model: torch.nn.Module, batches, rows: int) -> int:
 
 
 def import_torchao() -> None:
-    """Import torchao (quietly: ``lightning_modules.quiet`` set its loggers first). The import also
+    """Import torchao (quietly: ``lightning_modules.quiet``, imported above, set its loggers). The import also
     registers its int8 tensors as safe for ``torch.load(weights_only=True)``."""
     import torchao.quantization  # noqa: F401
 

@@ -4,6 +4,7 @@ A stage subclasses ``ClassificationModule`` and writes its own ``training_step``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
@@ -12,8 +13,9 @@ from torchmetrics import MetricCollection
 
 from datamodules.errors import InputError
 from datamodules.token import word_start_mask
+from lightning_modules.artifacts.checkpoints import int8_checkpoint
 from lightning_modules.artifacts.classifiers import vocab_digest
-from lightning_modules.artifacts.model_folder import tokenizer_files
+from lightning_modules.artifacts.model_folder import stage_card, tokenizer_files, write_model_folder
 from lightning_modules.methods.length_split import forward_split_by_length
 from lightning_modules.methods.task_metrics import (
     computed_metrics,
@@ -346,6 +348,58 @@ class ClassificationModule(L.LightningModule):
                     f"{list(mine.shape)}: use the checkpoint with the model config it was trained with"
                 )
 
+    # --- the hand-off: what a finished fit leaves in OUT_DIR/model/, what evaluation loads -----------
     def deployable_model(self) -> torch.nn.Module:
         """The model a stage hands on (``OUT_DIR/model/``); the pruning stage's is physically smaller."""
         return self.model
+
+    def int8_record(self) -> dict[str, Any] | None:
+        """How the handed-on weights are quantized (``None``: fp32)."""
+        return None
+
+    def card_facts(self) -> dict[str, Any]:
+        """What the model card says about this stage beyond task, data and size."""
+        return {}
+
+    def hand_off(self, folder: str, command: str, config: str | None) -> dict[str, float]:
+        """After ``fit``: take the best weights (by the checkpoint monitor), score them on the validation
+        split unless the last validation already did, and write them to ``folder`` as a Hugging Face
+        folder with a model card. Returns the scores."""
+        metrics = self.take_best_weights()
+        if metrics is None:
+            validated = self.trainer.validate(self, datamodule=self.trainer.datamodule, verbose=False)
+            metrics = {k: v for per_loader in validated for k, v in per_loader.items()}  # MNLI: two splits
+        if self.trainer.is_global_zero:
+            data, out_dir = self.trainer.datamodule, self.trainer.default_root_dir
+            card = stage_card(self, data, out_dir, metrics, command, config)
+            write_model_folder(self.deployable_model(), data.tokenizer, folder, card, self.int8_record())
+        return metrics
+
+    def take_best_weights(self) -> dict[str, float] | None:
+        """Load the best checkpoint's weights; when the weights in memory are those and the last
+        validation scored them, keep them and return those scores."""
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if not best or not os.path.isfile(best):
+            return None  # no monitor: the last weights
+        current = self.trainer.callback_metrics.get(callback.monitor) if callback.monitor else None
+        if (
+            current is not None
+            and callback.best_model_score is not None
+            and getattr(self, "validated_at_step", None) == self.trainer.global_step
+            and float(current) == float(callback.best_model_score)
+        ):
+            return {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "val_"))}
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        self.load_state_dict(state, strict=self.strict_loading)  # LoRA: adapters only
+        return None
+
+    def load_evaluation_checkpoint(self, ckpt_path: str | None) -> bool:
+        """``validate`` / ``test`` / ``predict --ckpt_path``: load what Lightning's loader cannot read
+        here and return True; False leaves the file to Lightning."""
+        if int8_checkpoint(ckpt_path) is not None:
+            raise InputError(
+                f"--ckpt_path {ckpt_path} is an int8 checkpoint: evaluate it with a QAT config "
+                "(model.class_path lightning_modules.QATModule)"
+            )
+        return False

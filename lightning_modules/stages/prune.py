@@ -272,7 +272,7 @@ class PruneModule(ClassificationModule):
         model = prune_model(copy.deepcopy(self.model), self.masks("head"), self.masks("neuron"))
         return model
 
-    def pruning_report(self) -> dict[str, Any]:
+    def card_facts(self) -> dict[str, Any]:
         """Parameters and FLOPs before and after, for the model card."""
         pruned = self.deployable_model()
         return {

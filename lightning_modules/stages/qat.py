@@ -18,7 +18,9 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from datamodules.errors import InputError
+from lightning_modules.artifacts.checkpoints import int8_checkpoint
 from lightning_modules.artifacts.classifiers import build_classifier
+from lightning_modules.artifacts.model_folder import write_metrics
 from lightning_modules.methods.quantize import (
     DEFAULT_SCHEME,
     SCHEMES,
@@ -155,6 +157,28 @@ class QATModule(ClassificationModule):
                 self.tokenizer_files(),
             )
             self.print(f"int8 model ({SCHEMES[self.quantization['scheme']]}) written to {self.int8_path}")
+
+    # --- the hand-off: the int8 model ---------------------------------------------------------------
+    def int8_record(self) -> dict[str, Any] | None:
+        return self.quantization if self.is_int8 else None
+
+    def take_best_weights(self) -> None:
+        return None  # on_fit_end converted the best weights to int8: they are scored as such
+
+    def hand_off(self, folder: str, command: str, config: str | None) -> dict[str, float]:
+        metrics = super().hand_off(folder, command, config)
+        if self.trainer.is_global_zero:  # the int8 model's own scores, beside the run's checkpoints
+            write_metrics(self.trainer.default_root_dir, "int8_validate", metrics)
+        return metrics
+
+    def load_evaluation_checkpoint(self, ckpt_path: str | None) -> bool:
+        """An int8 checkpoint (torchao tensors, which Lightning's loader cannot map) is loaded here."""
+        int8 = int8_checkpoint(ckpt_path)
+        if int8 is None:
+            return False
+        self.on_load_checkpoint(int8)
+        self.load_state_dict(int8["state_dict"])
+        return True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """``--ckpt_path int8.ckpt``: take the int8 structure before Lightning loads the weights."""

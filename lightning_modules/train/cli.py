@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import io
-import json
 import os
 import shlex
 import signal
@@ -28,15 +27,17 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import InputError
+from datamodules.sequence import SequenceClassificationDataModule  # noqa: F401  (listed in --help)
+from datamodules.token import TokenClassificationDataModule  # noqa: F401
 from lightning_modules.artifacts.checkpoints import (
     AtomicCheckpointIO,
     best_checkpoint_in,
     check_checkpoint,
-    int8_checkpoint,
     last_checkpoint_in,
 )
-from lightning_modules.artifacts.model_folder import checkpoint_tokenizer, stage_card, write_model_folder
+from lightning_modules.artifacts.model_folder import checkpoint_tokenizer, write_metrics
 from lightning_modules.cpu import cpu_has_bf16
+from lightning_modules.stages import distill, finetune, prune, qat  # noqa: F401  (--model.class_path)
 from lightning_modules.stages.base import ClassificationModule
 from lightning_modules.train.messages import config_error_line, data_options, final_scores, input_error_in
 from lightning_modules.train.resume import ResumeCheckpoint
@@ -284,96 +285,41 @@ class ShrinkCLI(LightningCLI):
                 args.output_file = os.path.join(out_dir, "predictions.jsonl")
 
     def _restore_best_path(self) -> None:
-        """Let ``--ckpt_path best`` work in a new process: read the best path from the run's last
-        checkpoint. An int8 checkpoint is loaded here, as Lightning's loader cannot map torchao tensors."""
+        """Let ``--ckpt_path best`` work in a new process (the best path is read from the run's last
+        checkpoint); the stage loads what Lightning's loader cannot (QAT: an int8 checkpoint)."""
         callback = self.trainer.checkpoint_callback
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt_path == "best" and callback is not None and not callback.best_model_path and callback.dirpath:
             callback.best_model_path = best_checkpoint_in(callback.dirpath)
-        int8 = int8_checkpoint(ckpt_path)
-        if int8 is not None:
-            if not hasattr(self.model, "to_int8"):
-                raise InputError(
-                    f"--ckpt_path {ckpt_path} is an int8 checkpoint: evaluate it with a QAT config "
-                    "(model.class_path lightning_modules.QATModule)"
-                )
-            self.model.on_load_checkpoint(int8)
-            self.model.load_state_dict(int8["state_dict"])
+        if self.model.load_evaluation_checkpoint(ckpt_path):
             self.config_init[self.subcommand]["ckpt_path"] = None
 
     before_validate = before_test = before_predict = _restore_best_path
 
-    def _write_metrics(self, name: str | None = None) -> None:
-        """``{stage}_metrics.json`` in the run folder, for scripts (the demo, benchmarks) to read."""
+    def _write_metrics(self) -> None:
+        """``{subcommand}_metrics.json`` in the run folder, for scripts (the demo, benchmarks) to read."""
         if self.trainer.is_global_zero:
-            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
-            path = os.path.join(self.trainer.default_root_dir, f"{name or self.subcommand}_metrics.json")
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                json.dump(metrics, f, indent=1, sort_keys=True)
-            os.replace(path + ".tmp", path)
+            write_metrics(self.trainer.default_root_dir, self.subcommand, self.trainer.callback_metrics)
 
     after_validate = after_test = _write_metrics
 
     def after_fit(self) -> None:
-        """Hand the model on as a Hugging Face folder, ``OUT_DIR/model/``: the best weights (by the
-        checkpoint monitor; QAT: its int8 model), scored on the validation split, with a model card."""
+        """The stage hands its model on as a Hugging Face folder, ``OUT_DIR/model/``, with a model card."""
         if self.trainer.state.status != "finished":
             return
-        module, metrics = self.model, None
-        if not getattr(module, "is_int8", False):
-            callback = self.trainer.checkpoint_callback
-            best = getattr(callback, "best_model_path", "") if callback is not None else ""
-            if best and os.path.isfile(best):
-                if self._last_validation_was_best(module, callback):  # these weights, already scored
-                    metrics = {
-                        k: v
-                        for k, v in self.trainer.callback_metrics.items()
-                        if k.startswith(("val/", "val_"))
-                    }
-                else:
-                    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-                    module.load_state_dict(state, strict=module.strict_loading)  # LoRA: adapters only
-        if metrics is None:
-            validated = self.trainer.validate(
-                module, datamodule=self.datamodule, verbose=getattr(module, "is_int8", False)
-            )
-            metrics = {k: v for per_loader in validated for k, v in per_loader.items()}  # MNLI: two splits
-        if getattr(module, "is_int8", False):  # QAT converted its model to int8 when fit ended
-            self._write_metrics("int8_validate")
-        if self.trainer.is_global_zero:
-            folder = os.path.join(self.trainer.default_root_dir, "model")
-            write_model_folder(
-                module.deployable_model(),
-                self.datamodule.tokenizer,
-                folder,
-                self._model_card(module, metrics),
-                getattr(module, "quantization", None) if getattr(module, "is_int8", False) else None,
-            )
-            print(
-                f"model folder (transformers.pipeline, from_pretrained, push_to_hub): {folder}",
-                file=sys.stderr,
-            )
-            ShrinkCLI.final_line = final_scores(type(module).__name__, metrics)  # printed last, after W&B
-
-    def _last_validation_was_best(self, module, callback) -> bool:
-        """The weights in memory are the best ones and their scores are known: the last validation
-        ran after the last training step and set the best monitored value."""
-        current = self.trainer.callback_metrics.get(callback.monitor) if callback.monitor else None
-        return (
-            current is not None
-            and callback.best_model_score is not None
-            and getattr(module, "validated_at_step", None) == self.trainer.global_step
-            and float(current) == float(callback.best_model_score)
-        )
-
-    def _model_card(self, module, metrics: dict[str, float]) -> str:
+        folder = os.path.join(self.trainer.default_root_dir, "model")
         try:  # the resolved config, as `--print_config` shows it
             config = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
         except Exception:  # noqa: BLE001 - a value the dumper cannot write must not lose the model
             config = None
         command = "shrink " + " ".join(shlex.quote(a) for a in self.command_line)
-        return stage_card(module, self.datamodule, self.trainer.default_root_dir, metrics, command, config)
+        metrics = self.model.hand_off(folder, command, config)
+        if self.trainer.is_global_zero:
+            print(
+                f"model folder (transformers.pipeline, from_pretrained, push_to_hub): {folder}",
+                file=sys.stderr,
+            )
+            ShrinkCLI.final_line = final_scores(type(self.model).__name__, metrics)  # printed last, after W&B
 
 
 def main(args: list[str] | None = None) -> None:
