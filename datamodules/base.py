@@ -25,6 +25,24 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # bump when the encoding changes, so old caches are not reused
 
 
+def hub_or_cache(name: str) -> None:
+    """Ask the hub once, quickly, whether it answers for dataset ``name``; when it does not, put
+    ``datasets`` in offline mode (a cached copy still loads, anything else fails at once), as it
+    would otherwise retry for about 20 s before failing."""
+    import datasets
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi().dataset_info(name, timeout=5)
+    except HfHubHTTPError:  # it answered (e.g. no such dataset): load_dataset says what is wrong
+        return
+    except Exception:  # noqa: BLE001 - no answer: connection, DNS, proxy or timeout errors alike
+        datasets.config.HF_HUB_OFFLINE = True
+
+
 class ClassificationDataModule(L.LightningDataModule):
     task: str  # "sequence" or "token", set by subclasses; linked to the model's task by the CLI
     label_column_name: str  # the column that holds labels after reading
@@ -154,6 +172,7 @@ class ClassificationDataModule(L.LightningDataModule):
                 rows = self.read_file(self.data_files[split])
             else:
                 try:
+                    hub_or_cache(self.dataset)
                     rows = self.read_hub(split)
                 except (ConnectionError, OSError, ValueError) as e:  # offline, unknown name, no such config
                     reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
