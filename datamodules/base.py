@@ -18,29 +18,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules import demo
 from datamodules.errors import InputError, check_options
+from datamodules.hub import hub_or_cache
 from datamodules.sampler import LengthGroupedSampler, LongestFirstSampler, ShuffleSampler
 from datamodules.tokenizers import _tokenizer_digest, load_tokenizer
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # bump when the encoding changes, so old caches are not reused
-
-
-def hub_or_cache(name: str) -> None:
-    """Ask the hub once, quickly, whether it answers for dataset ``name``; when it does not, put
-    ``datasets`` in offline mode (a cached copy still loads, anything else fails at once), as it
-    would otherwise retry for about 20 s before failing."""
-    import datasets
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
-        return
-    try:
-        HfApi().dataset_info(name, timeout=5)
-    except HfHubHTTPError:  # it answered (e.g. no such dataset): load_dataset says what is wrong
-        return
-    except Exception:  # noqa: BLE001 - no answer: connection, DNS, proxy or timeout errors alike
-        datasets.config.HF_HUB_OFFLINE = True
 
 
 class ClassificationDataModule(L.LightningDataModule):
