@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from lightning_modules.compress.plan import build_plan
+from lightning_modules.compress.recipe import read_recipe
 from lightning_modules.train import cli
 from tests.conftest import ROOT
 
@@ -26,7 +28,8 @@ def test_one_convention_task_folder_and_stage_name():
     for folder in folders:
         if folder != "callbacks":
             names = {p.stem for p in (ROOT / "configs" / folder).glob("*.yaml")}
-            assert names <= {"data", *STAGES} and {"data", "finetune", "distill", "qat"} <= names, folder
+            assert names <= {"data", "compress", *STAGES}, folder
+            assert {"data", "finetune", "distill", "qat", "compress"} <= names, folder
     # (demo sequence, demo token, sst2, conll2003) x 4 stages, demo pairs and rating x 3, GLUE x 3
     assert len(RECIPES) == 22 and len(ALL_RECIPES) == 22 + 3 * len(GLUE)
 
@@ -39,6 +42,20 @@ def test_no_figures_in_recipe_comments():
         for line in path.read_text().splitlines():
             comment = line.partition("#")[2]
             assert not re.search(r"\d(\.\d+)?x\b|\d+(\.\d+)? points?\b|\d+%", comment), f"{path}: {line}"
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((ROOT / "configs").glob("*/compress.yaml")), ids=lambda p: p.parent.name
+)
+def test_compress_recipe_plans_its_chain_on_the_task_recipes(recipe):
+    """Every task's compress recipe reads and plans: a teacher, its gate, and per candidate the
+    stages through the int8 ONNX folder and its measurement, on the same folder's stage recipes."""
+    plan = build_plan(read_recipe(recipe))
+    assert plan.teacher is not None and plan.teacher.recipe == recipe.parent / "finetune.yaml"
+    for candidate in plan.candidates:
+        kinds = [s.kind for s in candidate.steps]
+        assert kinds[0] == "distill" and kinds[-3:] == ["qat", "export", "measure"], kinds
+        assert all(s.recipe is None or s.recipe.parent == recipe.parent for s in candidate.steps)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")

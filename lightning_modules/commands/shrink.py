@@ -8,6 +8,11 @@ import sys
 from importlib import import_module
 
 COMMANDS = {  # name: (module, argument put in front, one-line help)
+    "compress": (
+        "lightning_modules.commands.compress",
+        [],
+        "the whole chain in one command: the fastest int8 model within an accuracy budget",
+    ),
     "export": ("lightning_modules.commands.export", [], "ONNX folders (fp32 / int8), PTQ, hub upload"),
     "benchmark": ("lightning_modules.commands.benchmark", [], "accuracy, latency and size side by side"),
     "prune-vocab": (
