@@ -19,6 +19,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# pytest -n (pytest-xdist): one thread per worker. Workers that each spin as many OpenMP threads as
+# there are cores oversubscribe them, and every worker slows down several times
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # also for the subprocesses tests start
+    torch.set_num_threads(1)
+
 
 # offline W&B and hub in every command; warnings off so stderr holds only our messages
 ENV_OVERRIDES = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}

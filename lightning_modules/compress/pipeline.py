@@ -115,7 +115,13 @@ class Progress:
             return run_step(step, self.out)
         self.shown.append(step)
         index = self.steps.index(step) + 1
-        state = "done" if done(step, self.out) else f"running, ETA {self.eta(index - 1)}"
+        state = (
+            "done"
+            if done(step, self.out)
+            else f"running, ETA {self.eta(index - 1)}"
+            if self.seconds
+            else "running"
+        )
         print_line(f"[{index}/{len(self.steps)}] {step.kind} {step.name} ({state})")
         record = run_step(step, self.out)
         self.seconds.setdefault(step.kind, []).append(record["seconds"])
@@ -134,7 +140,9 @@ def run_pipeline(recipe: Recipe, overwrite: bool = False) -> int:
     claim_out_dir(recipe, overwrite)
     out = recipe.out_dir.resolve()
     steps = ([plan.teacher] if plan.teacher else []) + [plan.gate]
-    steps += [s for c in plan.candidates for s in c.steps if s not in steps]
+    for step in (s for c in plan.candidates for s in c.steps):
+        if step not in steps:  # the candidates of one student share its distillation
+            steps.append(step)
     report_step = plan.report(recipe)
     steps.append(report_step)
     progress = Progress(steps, out)

@@ -156,14 +156,15 @@ def build_plan(recipe: Recipe) -> Plan:
                         salt=s,
                     )
                 )
-            if recipe.prune_vocabulary:
+            if recipe.prune_vocabulary is not None:
                 name += "-vocab"
                 steps.append(
                     Step(
                         "vocabulary",
                         name,
                         ["export", "prune-vocab", f"--model={steps[-1].ref}", "--out", "{dir}/model"]
-                        + ["--data", "{out}/run-data.yaml", "--overwrite"],
+                        + ["--data", "{out}/run-data.yaml", "--overwrite"]
+                        + [f"--{k.replace('_', '-')}={v}" for k, v in recipe.prune_vocabulary.items()],
                         inputs=[steps[-1]],
                         salt=s,
                     )

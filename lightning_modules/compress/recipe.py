@@ -58,7 +58,7 @@ class Recipe:
     teacher_finetune: Path | None  # ... or the fine-tune recipe that trains it
     students: list[Student]
     prune_recipe: Path | None
-    prune_vocabulary: bool
+    prune_vocabulary: dict[str, Any] | None  # shrink prune-vocab's options ({}: its defaults); None: off
     quantize: str  # "qat" or "ptq"
     qat_recipe: Path | None
     scheme: str
@@ -212,7 +212,7 @@ def read_recipe(path: str | Path, out_dir: str | None = None, overrides: list[st
         teacher_finetune=recipe_file(finetune, "teacher.finetune") if finetune else None,
         students=students,
         prune_recipe=prune_recipe,
-        prune_vocabulary=bool(values.get("prune_vocabulary", False)),
+        prune_vocabulary=_vocabulary(values.get("prune_vocabulary", False), path),
         quantize=method,
         qat_recipe=recipe_file(quantize.get("recipe", "qat.yaml"), "quantize.recipe")
         if method == "qat"
@@ -226,6 +226,20 @@ def read_recipe(path: str | Path, out_dir: str | None = None, overrides: list[st
         stage_overrides={k: dict(v or {}) for k, v in overrides.items()},
         benchmark=dict(values.get("benchmark") or {}),
     )
+
+
+def _vocabulary(value: Any, path: Path) -> dict[str, Any] | None:
+    """``true`` / ``false``, or shrink prune-vocab's options: ``{keep_first: 5000, min_count: 2, max_drop: 0.01}``."""
+    if value in (None, False):
+        return None
+    if value is True:
+        return {}
+    known = {"keep_first", "min_count", "max_drop"}
+    if not isinstance(value, dict) or set(value) - known:
+        raise InputError(
+            f"prune_vocabulary in {path} is {value!r}: use true, false or a mapping of {sorted(known)}"
+        )
+    return dict(value)
 
 
 def _check_teacher(model: str) -> None:

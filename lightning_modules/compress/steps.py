@@ -28,6 +28,7 @@ from lightning_modules.commands.shrink import main as shrink_main
 from lightning_modules.train import cli
 
 TRAINING = ("fit",)
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
 @dataclass
@@ -133,6 +134,14 @@ def _in_process(words: list[str], log: Path) -> int:
     with open(log, "a", encoding="utf-8") as stream:
         handler = logging.StreamHandler(stream)
         root.addHandler(handler)
+        # Lightning's loggers hold their own handlers on the terminal's stderr: into the log too
+        own = [
+            h
+            for n in LIGHTNING_LOGGERS
+            for h in logging.getLogger(n).handlers
+            if isinstance(h, logging.StreamHandler)
+        ]
+        streams = [h.setStream(stream) for h in own]
         try:
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 print("$ shrink " + " ".join(words), flush=True)
@@ -151,6 +160,8 @@ def _in_process(words: list[str], log: Path) -> int:
             return 1
         finally:
             root.removeHandler(handler)
+            for h, previous in zip(own, streams, strict=True):
+                h.setStream(previous)
     return 0
 
 
