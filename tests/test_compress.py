@@ -282,3 +282,25 @@ def test_steps_are_keyed_by_what_produced_them(tmp_path):
     data["init_args"]["max_length"] = 32
     other = keys(build_plan(read_recipe(recipe(tmp_path, "d.yaml", data=data))))
     assert all(base[k] != other[k] for k in base)
+
+
+def test_a_pruned_vocabulary_that_fails_its_check_keeps_the_full_one(chain, tmp_path):
+    """prune-vocab refuses a vocabulary that loses accuracy; the chain goes on with the full one and
+    the report says so (a negative max_drop makes every check fail)."""
+    tmp, _ = chain
+    teacher = next((tmp / "out" / "steps").glob("teacher-teacher-*")) / "model"
+    config = recipe(
+        tmp_path,
+        teacher={"model": str(teacher)},
+        students={"small": {"distill": str(DEMO / "distill.yaml"), "prune": [0]}},
+        prune_vocabulary={"max_drop": -1},
+    )
+    result = compress(config, tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "small-vocab: the pruned vocabulary failed its check" in result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["chosen"] == "small-vocab" and report["notes"][0].startswith(
+        "small-vocab: full vocabulary kept"
+    )
+    distilled = next((tmp_path / "out" / "steps").glob("distill-small-*")) / "model" / "tokenizer.json"
+    assert (tmp_path / "out" / "best" / "model" / "tokenizer.json").read_bytes() == distilled.read_bytes()

@@ -1,0 +1,1 @@
+"""shrink compress: the recipe, its steps, the pipeline that runs them and the report."""

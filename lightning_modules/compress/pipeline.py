@@ -21,10 +21,11 @@ from lightning_modules.commands.benchmark_report import metric_key
 from lightning_modules.compress.plan import Plan, build_plan, salt
 from lightning_modules.compress.recipe import Recipe
 from lightning_modules.compress.report import choose, front, write_report
-from lightning_modules.compress.steps import Step, done, print_line, run_step
+from lightning_modules.compress.steps import Step, StepFailed, done, print_line, run_step
 
 NO_CANDIDATE_IN_BUDGET = 3  # exit code: the best candidate and the report are written all the same
 TEACHER_AT_CHANCE = 4  # exit code: the gate stopped the chain before any distillation
+TRAINED = ("teacher", "distill", "prune", "qat")  # the steps that train (the others take seconds)
 
 
 class Stop(Exception):
@@ -105,8 +106,13 @@ class Progress:
     def eta(self, after: int) -> str:
         left = 0.0
         for step in self.steps[after:]:
-            if done(step, self.out) is None:
-                known = self.seconds.get(step.kind) or [s for v in self.seconds.values() for s in v] or [0]
+            if done(step, self.out) is None:  # a kind not seen yet: as the training (or other) steps seen
+                alike = [
+                    s for k, v in self.seconds.items() if (k in TRAINED) == (step.kind in TRAINED) for s in v
+                ]
+                students = [s for k, v in self.seconds.items() if k in TRAINED and k != "teacher" for s in v]
+                alike = students if step.kind in TRAINED and students else alike  # not the larger teacher
+                known = self.seconds.get(step.kind) or alike or [0]
                 left += sum(known) / len(known)
         return f"{left / 60:.0f} min" if left >= 60 else f"{left:.0f} s"
 
@@ -162,7 +168,12 @@ def run_pipeline(recipe: Recipe, overwrite: bool = False) -> int:
     measured = {}
     for candidate in plan.candidates:
         for step in candidate.steps:
-            progress.run(step)
+            try:
+                progress.run(step)
+            except StepFailed as e:
+                if step.kind != "vocabulary" or "vocabulary check failed" not in str(e):
+                    raise
+                keep_full_vocabulary(step, out, str(e))
         measured[candidate.name] = benchmark_rows(candidate.measure, out)[0]
         allowed = recipe.allowed_loss(teacher_row[metric])
         shown = front(measured, metric, recipe.optimise)
@@ -184,8 +195,19 @@ def run_pipeline(recipe: Recipe, overwrite: bool = False) -> int:
     if plan.teacher:
         seconds["teacher fp32"] = done(plan.teacher, out)["seconds"]
     compute = sum(done(s, out)["seconds"] for s in steps)  # over every run that built this OUT
+    notes = [f"{done(s, out)['name']}: {done(s, out)['note']}" for s in steps if "note" in done(s, out)]
     write_report(
-        out, recipe, rows, chosen, within, test, seconds, compute, time.perf_counter() - started, report_step
+        out,
+        recipe,
+        rows,
+        chosen,
+        within,
+        test,
+        seconds,
+        compute,
+        time.perf_counter() - started,
+        report_step,
+        notes,
     )
     if not within:
         print_line(
@@ -198,6 +220,20 @@ def run_pipeline(recipe: Recipe, overwrite: bool = False) -> int:
         f"{chosen['smaller']:.1f}x smaller than the teacher in PyTorch): {out / 'best'}; report: {out / 'report.md'}"
     )
     return 0
+
+
+def keep_full_vocabulary(step: Step, out: Path, why: str) -> None:
+    """A pruned vocabulary that fails its check on the validation split (too few training rows saw the
+    tokens it needs) is not a reason to stop the chain: the candidate keeps the full vocabulary."""
+    folder = step.folder(out)
+    shutil.rmtree(step.product(out), ignore_errors=True)
+    shutil.copytree(step.inputs[0].product(out), step.product(out))
+    reason = why.split("(", 1)[1].split(";", 1)[0] if "(" in why else why
+    record = {"kind": step.kind, "name": step.name, "seconds": 0.0, "note": f"full vocabulary kept: {reason}"}
+    (folder / "done.json").write_text(json.dumps(record, indent=1))
+    print_line(
+        f"{step.name}: the pruned vocabulary failed its check ({reason}): it keeps the full vocabulary"
+    )
 
 
 def test_score(candidate, out: Path, recipe: Recipe) -> dict[str, Any] | None:

@@ -69,6 +69,17 @@ def salt(recipe: Recipe) -> str:
     return json.dumps({"data": recipe.data, "seed": recipe.seed}, sort_keys=True, default=str)
 
 
+def fingerprint(path: Path) -> str:
+    """Names, sizes and modification times of a file or a folder's files."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return json.dumps(
+        [
+            (str(f.relative_to(path) if path.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns)
+            for f in files
+        ]
+    )
+
+
 def yaml_value(value: Any) -> str:
     """A value as the command line takes it (YAML)."""
     if isinstance(value, str):
@@ -116,6 +127,7 @@ def build_plan(recipe: Recipe) -> Plan:
         teacher_path = teacher.ref
     else:
         teacher_path = str(Path(recipe.teacher_model).resolve())
+        s += fingerprint(Path(teacher_path))  # a teacher replaced at the same path is another teacher
     with_teacher = [f"--model.init_args.teacher={teacher_path}", *teacher_tokenizer_args(teacher_path)]
     with_teacher.append("--model.init_args.cache_dir={out}/cache")  # one teacher cache, built once
     upstream = [teacher] if teacher else []

@@ -54,6 +54,7 @@ def write_report(
     compute: float,
     wall: float,
     report_step: Any,
+    notes: list[str],
 ) -> dict[str, Any]:
     metric = next(k for k in ("accuracy", "pearson", "f1") if k in rows[0])
     teacher = next(r for r in rows if r["model"] == TEACHER)
@@ -96,6 +97,7 @@ def write_report(
         "compute_seconds": round(compute, 1),
         "wall_seconds_this_run": round(wall, 1),
         "disk_bytes": disk,
+        "notes": notes,
         "rows": table,
     }
     _write(out / "report.json", json.dumps(summary, indent=1))
@@ -139,6 +141,7 @@ def markdown(summary: dict[str, Any]) -> str:
         ),
         f"Time spent on the steps (all runs of this OUT): {summary['compute_seconds'] / 60:.1f} min; "
         f"disk used {summary['disk_bytes'] / 1e9:.2f} GB.",
+        *(f"- {note}" for note in summary["notes"]),
         "",
     ]
     return "\n".join(lines)

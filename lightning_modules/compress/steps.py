@@ -28,7 +28,7 @@ from lightning_modules.commands.shrink import main as shrink_main
 from lightning_modules.train import cli
 
 TRAINING = ("fit",)
-LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+TERMINAL_LOGGERS = ("lightning.pytorch", "lightning.fabric", "transformers")
 
 
 @dataclass
@@ -134,10 +134,10 @@ def _in_process(words: list[str], log: Path) -> int:
     with open(log, "a", encoding="utf-8") as stream:
         handler = logging.StreamHandler(stream)
         root.addHandler(handler)
-        # Lightning's loggers hold their own handlers on the terminal's stderr: into the log too
+        # Lightning's and transformers' loggers hold their own handlers on the terminal: into the log too
         own = [
             h
-            for n in LIGHTNING_LOGGERS
+            for n in TERMINAL_LOGGERS
             for h in logging.getLogger(n).handlers
             if isinstance(h, logging.StreamHandler)
         ]
