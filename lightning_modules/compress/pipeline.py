@@ -186,6 +186,7 @@ def run_pipeline(recipe: Recipe, overwrite: bool = False) -> int:
             )
         )
     progress.run(report_step)
+    shutil.rmtree(report_step.folder(out) / "onnx", ignore_errors=True)  # the teacher's exports: timed, done
     rows = benchmark_rows(report_step, out)
     chosen, within = choose(rows, recipe, metric)
     best = next(c for c in plan.candidates if c.name == chosen["model"])
