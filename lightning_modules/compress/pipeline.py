@@ -18,10 +18,10 @@ from datamodules.errors import InputError
 from datamodules.from_config import datamodule_from_config
 from lightning_modules.artifacts.onnx_session import folder_task
 from lightning_modules.commands.benchmark_report import metric_key
-from lightning_modules.compress.plan import Plan, build_plan, salt
+from lightning_modules.compress.plan import SCORE_ONLY, Plan, build_plan, salt
 from lightning_modules.compress.recipe import Recipe
 from lightning_modules.compress.report import choose, front, write_report
-from lightning_modules.compress.steps import Step, StepFailed, done, print_line, run_step
+from lightning_modules.compress.steps import Step, StepFailed, done, mark_done, print_line, run_step
 
 NO_CANDIDATE_IN_BUDGET = 3  # exit code: the best candidate and the report are written all the same
 TEACHER_AT_CHANCE = 4  # exit code: the gate stopped the chain before any distillation
@@ -175,12 +175,11 @@ def run_pipeline(recipe: Recipe, overwrite: bool = False) -> int:
                     raise
                 keep_full_vocabulary(step, out, str(e))
         measured[candidate.name] = benchmark_rows(candidate.measure, out)[0]
-        allowed = recipe.allowed_loss(teacher_row[metric])
         shown = front(measured, metric, recipe.optimise)
         print_line(
             "front so far: "
             + "; ".join(
-                f"{n} {r[metric]:.4f}{'' if r[metric] >= teacher_row[metric] - allowed else ' (over budget)'}, "
+                f"{n} {r[metric]:.4f}{'' if recipe.within(r[metric], teacher_row[metric]) else ' (over budget)'}, "
                 f"{r['latency_ms_p50']:.2f} ms, {r['size_mb']:.1f} MB"
                 for n, r in shown.items()
             )
@@ -195,8 +194,9 @@ def run_pipeline(recipe: Recipe, overwrite: bool = False) -> int:
     seconds = {c.name: sum(done(s, out)["seconds"] for s in c.steps) for c in plan.candidates}
     if plan.teacher:
         seconds["teacher fp32"] = done(plan.teacher, out)["seconds"]
-    compute = sum(done(s, out)["seconds"] for s in steps)  # over every run that built this OUT
-    notes = [f"{done(s, out)['name']}: {done(s, out)['note']}" for s in steps if "note" in done(s, out)]
+    records = [done(s, out) for s in steps]
+    compute = sum(r["seconds"] for r in records)  # over every run that built this OUT
+    notes = [f"{r['name']}: {r['note']}" for r in records if "note" in r]
     write_report(
         out,
         recipe,
@@ -226,12 +226,14 @@ def run_pipeline(recipe: Recipe, overwrite: bool = False) -> int:
 def keep_full_vocabulary(step: Step, out: Path, why: str) -> None:
     """A pruned vocabulary that fails its check on the validation split (too few training rows saw the
     tokens it needs) is not a reason to stop the chain: the candidate keeps the full vocabulary."""
-    folder = step.folder(out)
     shutil.rmtree(step.product(out), ignore_errors=True)
     shutil.copytree(step.inputs[0].product(out), step.product(out))
     reason = why.split("(", 1)[1].split(";", 1)[0] if "(" in why else why
-    record = {"kind": step.kind, "name": step.name, "seconds": 0.0, "note": f"full vocabulary kept: {reason}"}
-    (folder / "done.json").write_text(json.dumps(record, indent=1))
+    mark_done(
+        step,
+        out,
+        {"kind": step.kind, "name": step.name, "seconds": 0.0, "note": f"full vocabulary kept: {reason}"},
+    )
     print_line(
         f"{step.name}: the pruned vocabulary failed its check ({reason}): it keeps the full vocabulary"
     )
@@ -243,8 +245,7 @@ def test_score(candidate, out: Path, recipe: Recipe) -> dict[str, Any] | None:
         "test",
         candidate.name,
         ["benchmark", f"--model={candidate.name}={candidate.onnx.ref}", "--data", "{out}/run-data.yaml"]
-        + ["--split", "test", "--out", "{dir}", "--latency-samples", "1", "--long-repeats", "1"]
-        + ["--throughput-batches", "1", "--rounds", "1"],
+        + ["--split", "test", "--out", "{dir}", *SCORE_ONLY],
         inputs=[candidate.onnx],
         salt=salt(recipe),
         output="benchmark.json",

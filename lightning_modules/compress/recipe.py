@@ -70,11 +70,14 @@ class Recipe:
     stage_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     benchmark: dict[str, Any] = field(default_factory=dict)
 
-    def allowed_loss(self, teacher_score: float) -> float:
-        """How far below the teacher's validation score a candidate may be."""
+    def floor(self, teacher_score: float) -> float:
+        """The lowest validation score within the budget of the teacher's."""
         if self.budget_relative is not None:
-            return abs(teacher_score) * self.budget_relative
-        return self.budget_points / 100
+            return teacher_score - abs(teacher_score) * self.budget_relative
+        return teacher_score - self.budget_points / 100
+
+    def within(self, score: float, teacher_score: float) -> bool:
+        return score >= self.floor(teacher_score) - 1e-9  # a score at the floor is within
 
 
 def apply_override(values: dict[str, Any], override: str) -> None:

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.commands.benchmark_report import metric_key
 from lightning_modules.compress.recipe import OBJECTIVES, Recipe
 from lightning_modules.cpu import cpu_name
 
@@ -35,8 +36,7 @@ def choose(rows: list[dict], recipe: Recipe, metric: str) -> tuple[dict, bool]:
     when none is, the one with the highest score (and False)."""
     teacher = next(r for r in rows if r["model"] == TEACHER)
     candidates = [r for r in rows if not r["model"].startswith(TEACHER)]
-    floor = teacher[metric] - recipe.allowed_loss(teacher[metric])
-    within = [r for r in candidates if r[metric] >= floor - 1e-9]
+    within = [r for r in candidates if recipe.within(r[metric], teacher[metric])]
     if not within:
         return max(candidates, key=lambda r: r[metric]), False
     key, low = OBJECTIVES[recipe.optimise]
@@ -56,10 +56,10 @@ def write_report(
     report_step: Any,
     notes: list[str],
 ) -> dict[str, Any]:
-    metric = next(k for k in ("accuracy", "pearson", "f1") if k in rows[0])
+    metric = metric_key(rows)
     teacher = next(r for r in rows if r["model"] == TEACHER)
     peer = next((r for r in rows if r["model"] == PEER), None)
-    floor = teacher[metric] - recipe.allowed_loss(teacher[metric])
+    floor = recipe.floor(teacher[metric])
     table = []
     for row in rows:
         entry = {
@@ -73,7 +73,7 @@ def write_report(
             "speedup_vs_teacher": row["speedup_b1"],
             "speedup_vs_ort_int8": round(peer["latency_ms_p50"] / row["latency_ms_p50"], 2) if peer else None,
             "smaller_vs_teacher": row["smaller"],
-            "within_budget": row[metric] >= floor - 1e-9,
+            "within_budget": recipe.within(row[metric], teacher[metric]),
             "seconds": seconds.get(row["model"]),
         }
         table.append(entry)

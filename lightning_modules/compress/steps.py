@@ -11,6 +11,7 @@ written last; a folder without it is an interrupted step, which resumes from its
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -25,7 +26,6 @@ from typing import Any
 
 from datamodules.errors import InputError
 from lightning_modules.commands.shrink import main as shrink_main
-from lightning_modules.train import cli
 
 TRAINING = ("fit",)
 TERMINAL_LOGGERS = ("lightning.pytorch", "lightning.fabric", "transformers")
@@ -45,7 +45,7 @@ class Step:
     salt: str = ""  # what else the output depends on: the data section, the seed
     output: str = "model"  # what later steps take from the folder
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         digest = hashlib.sha256()
         digest.update(json.dumps([self.kind, self.args], sort_keys=True).encode())
@@ -117,9 +117,15 @@ def run_step(step: Step, out: Path) -> dict[str, Any]:
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         for checkpoint in folder.glob("*.ckpt"):  # QAT's int8.ckpt: model/ holds the same weights
             checkpoint.unlink()
+    mark_done(step, out, record)
+    return record
+
+
+def mark_done(step: Step, out: Path, record: dict[str, Any]) -> None:
+    """``done.json``, written whole or not at all: the step's last act."""
+    folder = step.folder(out)
     (folder / "done.json.tmp").write_text(json.dumps(record, indent=1))
     os.replace(folder / "done.json.tmp", folder / "done.json")
-    return record
 
 
 class StepFailed(Exception):
@@ -145,8 +151,7 @@ def _in_process(words: list[str], log: Path) -> int:
         try:
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 print("$ shrink " + " ".join(words), flush=True)
-                main = cli.main if words[0] in ("fit", "validate", "test", "predict") else shrink_main
-                main(words)
+                shrink_main(words)  # the dispatcher: stages to LightningCLI, the rest to their command
         except SystemExit as e:
             return 0 if e.code in (0, None) else int(e.code) if isinstance(e.code, int) else 1
         except InputError as e:
