@@ -21,6 +21,7 @@ from datamodules.errors import InputError, check_options
 from datamodules.hub import hub_or_cache
 from datamodules.sampler import LengthGroupedSampler, LongestFirstSampler, ShuffleSampler
 from datamodules.tokenizers import _tokenizer_digest, load_tokenizer
+from datamodules.transfer import TransferSet, label_table
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # bump when the encoding changes, so old caches are not reused
@@ -49,6 +50,12 @@ class ClassificationDataModule(L.LightningDataModule):
         predict_split: str = "test",
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
+        transfer_files: list[str] | None = None,
+        transfer_ratio: float | None = None,
+        augment: list[str] | None = None,
+        augment_factor: int = 1,
+        transfer_seed: int = 0,
+        masked_lm: str | None = None,
         cache_dir: str = "~/.cache/shrink",
     ) -> None:
         """
@@ -79,6 +86,9 @@ class ClassificationDataModule(L.LightningDataModule):
                 each: the first logs ``val/<metric>`` (what checkpoints monitor), the others
                 ``val_<name>/<metric>``, ``<name>`` without ``validation_`` (``val_mismatched/accuracy``).
             max_train_samples / max_eval_samples: keep only the first N rows (quick runs).
+            transfer_files / transfer_ratio / augment / augment_factor / transfer_seed / masked_lm:
+                unlabelled files and augmented copies of the training rows that a teacher labels,
+                added to the training split (distillation only); see ``datamodules/transfer.py``.
             cache_dir: where tokenized splits and the demo tokenizer are cached.
         """
         super().__init__()
@@ -112,6 +122,9 @@ class ClassificationDataModule(L.LightningDataModule):
         }
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.cache_dir = Path(cache_dir).expanduser()
+        self.transfer = TransferSet(
+            self.task, transfer_files, transfer_ratio, augment, augment_factor, transfer_seed, masked_lm
+        )
         self._raw: dict[str, list[dict]] = {}
         self._encoded: dict[str, Any] = {}
         self._tokenizer = None
@@ -168,6 +181,8 @@ class ClassificationDataModule(L.LightningDataModule):
             rows = rows[:limit] if limit else rows
             if not rows:
                 raise InputError(f"split {split!r} of {self.source} is empty: point it at data with rows")
+            if split == self.splits["fit"] and self.transfer.active:
+                rows = self.transfer.extend(self, rows)
             self._raw[split] = rows
         return self._raw[split]
 
@@ -191,6 +206,8 @@ class ClassificationDataModule(L.LightningDataModule):
                     f"split {split!r} of {self.source} has no labels (column {getattr(self, self.label_option)!r}): "
                     f"set data.{self.label_option} or use labelled data"
                 )
+        if stage == "fit":
+            self.transfer.require_teacher(self.raw_split(self.splits["fit"]))
 
     @property
     def label_names(self) -> list[str]:
@@ -274,6 +291,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """Dynamic padding: the student's inputs and labels by the transformers collator, word ids
         with -1, the teacher's inputs (if any) by its own tokenizer."""
         idx = torch.tensor([row.pop("idx") for row in rows])
+        labelled = [row.pop("labelled") for row in rows] if "labelled" in rows[0] else None
         extra = {
             k: [row.pop(k) for row in rows]
             for k in list(rows[0])
@@ -293,6 +311,8 @@ class ClassificationDataModule(L.LightningDataModule):
             batch.update({f"teacher_{k}": v for k, v in padded.items()})
             batch["teacher_word_ids"] = _pad(extra["teacher_word_ids"], padded["input_ids"].shape[1])
         batch["idx"] = idx
+        if labelled is not None:  # a training split mixing labelled rows and transfer rows
+            batch["labelled"] = torch.tensor(labelled, dtype=torch.bool)
         return batch
 
     def _encode_options(self) -> dict:
@@ -304,43 +324,20 @@ class ClassificationDataModule(L.LightningDataModule):
         if split not in self._encoded:
             from datasets import Dataset
 
-            rows = self.raw_split(split)
-            labelled = self.has_labels(rows)
-            table = []
-            for i, row in enumerate(rows):
-                item = dict(row, idx=i)
-                value = row.get(self.label_column_name)
-                if labelled:
-                    if value is None:
-                        raise InputError(
-                            f"row {i} of split {split!r} has no label while others do: label it or drop it"
-                        )
-                    item[self.label_column_name] = (
-                        [self.label_id(v, split) for v in value]
-                        if isinstance(value, list)
-                        else self.label_id(value, split)
-                    )
-                else:
-                    item.pop(self.label_column_name, None)
-                table.append(item)
+            table = label_table(self, self.raw_split(split), split)
             cache_file = self.cache_dir / "encoded" / f"{split}-{self.split_fingerprint(split)}.arrow"
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             encoded = Dataset.from_list(table).map(
                 self.encode,
                 batched=True,
-                remove_columns=list(table[0].keys() - {"idx"}),
+                remove_columns=list(table[0].keys() - {"idx", "labelled"}),
                 cache_file_name=str(cache_file),
                 desc=f"tokenizing {split}",
             )
             truncated = sum(encoded["truncated"])
             if truncated:
-                log.warning(
-                    "%s: %d of %d examples truncated at max_length=%d",
-                    split,
-                    truncated,
-                    len(encoded),
-                    self.max_length,
-                )
+                n, limit = len(encoded), self.max_length
+                log.warning("%s: %d of %d examples truncated at max_length=%d", split, truncated, n, limit)
             self._encoded[split] = encoded.remove_columns("truncated")
         return self._encoded[split]
 

@@ -24,8 +24,8 @@ def align_labels(
     for word in word_ids:
         if word is None:
             labels.append(-100)
-        elif word != previous:
-            labels.append(word_labels[word])
+        elif word != previous or word_labels[word] < 0:  # < 0: a transfer row's placeholder
+            labels.append(word_labels[word] if word != previous else -100)
         elif label_all_tokens:
             name = label_names[word_labels[word]]
             continuation = "I-" + name[2:] if name.startswith("B-") else name

@@ -8,22 +8,29 @@ import torch.nn.functional as F
 from datamodules.token import word_start_mask
 
 
+def kd_per_row(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` of each row of ``[..., classes]`` logits. The
+    ``T^2`` keeps gradient size independent of T (Hinton et al., 2015)."""
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature**2 * (teacher.exp() * (teacher - student)).sum(-1)
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     temperature: float,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over the rows of ``[..., classes]`` logits
-    where ``mask`` is true. The ``T^2`` keeps gradient size independent of T (Hinton et al., 2015)."""
-    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    per_row = (teacher.exp() * (teacher - student)).sum(-1)
+    """``kd_per_row`` averaged over the rows where ``mask`` is true."""
+    per_row = kd_per_row(student_logits, teacher_logits, temperature)
     if mask is not None:
         per_row = per_row[mask]
     if per_row.numel() == 0:
         return student_logits.sum() * 0.0
-    return temperature**2 * per_row.mean()
+    return per_row.mean()
 
 
 def hidden_state_loss(

@@ -16,7 +16,7 @@ import torch
 
 from datamodules.errors import InputError
 from lightning_modules.artifacts.classifiers import load_classifier, vocab_digest
-from lightning_modules.methods.losses import attention_loss, hidden_state_loss, kd_loss, per_word
+from lightning_modules.methods.losses import attention_loss, hidden_state_loss, kd_per_row, per_word
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,49 @@ class Teacher:
         return per_word(output.logits, self.word_ids(batch), n_words)
 
     # --- losses ----------------------------------------------------------------------------------
+    def soft_per_row(self, student, batch, teacher_logits, teacher_present, n_words):
+        """The soft loss of each row (sentence, or word for token tasks) and which rows count."""
+        if self.task == "sequence":
+            present = torch.ones_like(teacher_present)
+            if len(self.label_names) == 1:  # regression: match the teacher's number
+                return (student.logits.float() - teacher_logits.float()).pow(2).sum(-1), present
+            return kd_per_row(student.logits, teacher_logits, self.temperature), present
+        student_logits, student_present = per_word(student.logits, batch["word_ids"], n_words)
+        return kd_per_row(student_logits, teacher_logits, self.temperature), student_present & teacher_present
+
+    def task_losses(self, student, batch, teacher_logits, teacher_present, n_words):
+        """``alpha * soft + (1 - alpha) * hard`` (the soft loss alone on a split without labels)."""
+        soft, present = self.soft_per_row(student, batch, teacher_logits, teacher_present, n_words)
+        soft = soft[present].mean() if present.any() else student.logits.sum() * 0.0
+        losses = {"kd_loss": soft}
+        if batch.get("labels") is None:
+            return losses, soft
+        losses["ce_loss"] = student.loss
+        return losses, self.alpha * soft + (1 - self.alpha) * student.loss
+
+    def mixed_losses(self, student, batch, teacher_logits, teacher_present, n_words):
+        """A batch of labelled and transfer rows, per row ``r`` of the ``N`` that count:
+        ``sum_r (alpha if labelled else 1) * soft_r + (1 - alpha) * [labelled] * hard_r``, over ``N``."""
+        soft, present = self.soft_per_row(student, batch, teacher_logits, teacher_present, n_words)
+        labelled = batch["labelled"]
+        if self.task == "token":
+            labelled = labelled[:, None].expand_as(present)
+        weight = torch.where(labelled, self.alpha, 1.0)
+        labels, logits = batch["labels"], student.logits.float()
+        if len(self.label_names) == 1:
+            hard = (logits.squeeze(-1) - labels.float()).pow(2)[batch["labelled"]]
+        else:  # placeholder labels are -100: cross-entropy ignores them
+            hard = torch.nn.functional.cross_entropy(
+                logits.flatten(0, -2), labels.flatten(), reduction="none"
+            )
+            hard = hard[labels.flatten() != -100]
+        n = present.sum().clamp(min=1)
+        total = ((weight * soft)[present].sum() + (1 - self.alpha) * hard.sum()) / n
+        losses = {"kd_loss": soft[present].sum() / n}
+        if hard.numel():
+            losses["ce_loss"] = hard.mean()
+        return losses, total
+
     def student_outputs(self) -> dict[str, bool]:
         """What the student's forward must return for these losses."""
         return {
@@ -227,7 +270,6 @@ class Teacher:
         """Each distillation term and their weighted sum as ``loss``: ``student`` is the student's
         output on ``batch`` (with ``student_outputs()``), ``run(model, inputs, **kwargs)`` the stage's
         forward (split by length or not) for the live teacher, ``projections`` the hidden-state maps."""
-        labels = batch.get("labels")
         n_words = 1
         if self.task == "token" or self.hidden_weight > 0:
             n_words = int(max(batch["word_ids"].max(), self.word_ids(batch).max())) + 1
@@ -247,21 +289,10 @@ class Teacher:
                 teacher_output = run(model, self.inputs(batch), **self.student_outputs())
             teacher_logits, teacher_present = self.logits(batch, n_words, teacher_output)
 
-        if self.task == "sequence" and len(self.label_names) == 1:  # regression: match the teacher's number
-            soft = torch.nn.functional.mse_loss(student.logits.float(), teacher_logits.float())
-        elif self.task == "sequence":
-            soft = kd_loss(student.logits, teacher_logits, self.temperature)
+        if "labelled" in batch:  # transfer rows in the batch: their soft loss alone
+            losses, total = self.mixed_losses(student, batch, teacher_logits, teacher_present, n_words)
         else:
-            student_logits, student_present = per_word(student.logits, batch["word_ids"], n_words)
-            soft = kd_loss(
-                student_logits, teacher_logits, self.temperature, student_present & teacher_present
-            )
-        losses = {"kd_loss": soft}
-        if labels is not None:
-            losses["ce_loss"] = student.loss
-            total = self.alpha * soft + (1 - self.alpha) * student.loss
-        else:  # transfer data without labels: the soft loss alone
-            total = soft
+            losses, total = self.task_losses(student, batch, teacher_logits, teacher_present, n_words)
         if self.hidden_weight > 0:
             pairs = [
                 (
