@@ -21,6 +21,7 @@ COMMANDS = {  # name: (module, argument put in front, one-line help)
         "keep only the tokens the training split uses",
     ),
     "classify": ("lightning_modules.commands.classify", [], "label texts with a model or ONNX folder"),
+    "seeds": ("lightning_modules.commands.seeds", [], "one stage over N seeds: test metrics as mean ± std"),
 }
 TRAINING = "fit, validate, test, predict: the stages (LightningCLI; shrink fit --help)"
 
@@ -39,3 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
     import_module("lightning_modules.train.cli").main(argv)  # the training stack, loaded only for it
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,13 @@ class Teacher:
             log.warning("teacher cache: none for this teacher, data and preprocessing; building %s", path)
             # building draws no random numbers the training sees: a run that builds the cache and
             # one that reuses it train identically (a DataLoader iterator draws a seed)
+            started = time.perf_counter()
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 cache = self.build_cache(datamodule, trainer.precision_plugin, device)
+            rows, seconds = len(cache["logits"]), time.perf_counter() - started
+            log.warning(
+                "teacher cache: scored %d rows in %.1f s (%.0f rows/s)", rows, seconds, rows / seconds
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(cache, f"{path}.tmp{os.getpid()}")
             os.replace(f"{path}.tmp{os.getpid()}", path)
