@@ -12,27 +12,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules import InputError, SequenceClassificationDataModule, TokenClassificationDataModule
+from datamodules import InputError
 from datamodules import demo as demo_data
 from lightning_modules import DistillationModule, FineTuneModule
 from tests.conftest import ROOT, run_cli
 from tests.test_distill import STUDENT, TINY, trainer
+from tests.test_distill import datamodule as demo_datamodule
 from tests.test_resume import args, assert_same_training, final_state, step_of
 
-KINDS = {  # kind: (DataModule class, its demo options, the demo task whose rows make transfer files)
-    "sequence": (SequenceClassificationDataModule, {}, "sequence"),
+KINDS = {  # kind: (the demo task whose rows make transfer files, its DataModule options)
+    "sequence": ("sequence", {}),
     "regression": (
-        SequenceClassificationDataModule,
-        {"dataset_config": "rating", "text_pair_column": "text_pair", "regression": True},
         "rating",
+        {"dataset_config": "rating", "text_pair_column": "text_pair", "regression": True},
     ),
-    "token": (TokenClassificationDataModule, {}, "token"),
+    "token": ("token", {}),
 }
 
 
 def transfer_file(kind: str, tmp: Path, n: int = 40, labelled: bool = False) -> str:
     """``n`` demo validation rows as a transfer file (labels kept when ``labelled``)."""
-    rows = demo_data.demo_split(KINDS[kind][2], "validation")[:n]
+    rows = demo_data.demo_split(KINDS[kind][0], "validation")[:n]
     if kind == "sequence" and not labelled:
         path = tmp / "transfer.txt"
         path.write_text("\n".join(r["text"] for r in rows) + "\n")
@@ -47,16 +47,8 @@ def transfer_file(kind: str, tmp: Path, n: int = 40, labelled: bool = False) -> 
 
 
 def datamodule(kind: str, cache: Path, **kwargs):
-    cls, options, _ = KINDS[kind]
-    return cls(
-        tokenizer="demo",
-        cache_dir=str(cache),
-        max_train_samples=64,
-        max_eval_samples=32,
-        batch_size=16,
-        **options,
-        **kwargs,
-    )
+    """The demo data of ``kind``, 96 labelled training rows (``tests/test_distill.py``'s)."""
+    return demo_datamodule("token" if kind == "token" else "sequence", cache, **KINDS[kind][1], **kwargs)
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
@@ -105,7 +97,7 @@ def test_transfer_rows_get_the_soft_loss_only_as_the_formula_says(teacher, tmp_p
     kind, cache, path = teacher
     dm = datamodule(kind, cache, transfer_files=[transfer_file(kind, tmp_path)])
     train = dm.encoded_split("train")
-    assert len(train) == 64 + 40 and sum(train["labelled"]) == 64
+    assert len(train) == 96 + 40 and sum(train["labelled"]) == 96
     task = "token" if kind == "token" else "sequence"
     module = DistillationModule(
         teacher=path,
@@ -118,7 +110,7 @@ def test_transfer_rows_get_the_soft_loss_only_as_the_formula_says(teacher, tmp_p
     with torch.no_grad():  # a student far from the teacher: soft losses well above float32 rounding
         for p in module.model.classifier.parameters():
             p.mul_(30)
-    rows = [60, 61, 62, 63, 64, 65, 100, 101]  # labelled then transfer rows
+    rows = [92, 93, 94, 95, 96, 97, 130, 131]  # labelled then transfer rows
     batch = dm.collate([dict(train[i]) for i in rows])
     assert batch["labelled"].tolist() == [True] * 4 + [False] * 4
     losses = module.distillation_losses(batch)
@@ -138,7 +130,7 @@ def test_transfer_file_labels_are_ignored_and_logged_and_bad_files_get_one_line(
         )
         rows = dm.raw_split("train")
     assert "has labels; they are ignored" in caplog.text
-    assert [r["label"] for r in rows[64:]] == [None] * 40 and all(r["transfer"] for r in rows[64:])
+    assert [r["label"] for r in rows[96:]] == [None] * 40 and all(r["transfer"] for r in rows[96:])
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     with pytest.raises(InputError, match="has no rows"):
@@ -147,11 +139,11 @@ def test_transfer_file_labels_are_ignored_and_logged_and_bad_files_get_one_line(
         datamodule("sequence", cache, transfer_files=[str(tmp_path / "missing.txt")])
     with pytest.raises(InputError, match="transfer_ratio"):
         datamodule("sequence", cache, transfer_ratio=0)
-    # a ratio keeps a fixed sample: 0.5 transfer rows per labelled row
+    # a ratio keeps a fixed sample: 0.25 transfer rows per labelled row
     dm = datamodule(
         "sequence", cache, transfer_files=[transfer_file("sequence", tmp_path)], transfer_ratio=0.25
     )
-    assert len(dm.raw_split("train")) == 64 + 16
+    assert len(dm.raw_split("train")) == 96 + 24
     # fine-tuning has no teacher to label transfer rows
     with pytest.raises(InputError, match="only a teacher can label"):
         dm.require_labels("fit")
@@ -178,7 +170,7 @@ def test_teacher_cache_scores_the_whole_mixed_split_and_equals_the_live_teacher(
         losses[cached] = [p.detach().clone() for p in module.model.parameters()]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(losses[False], losses[True], strict=True))
     (cache_file,) = (tmp_path / "cache" / "teacher").glob("*.pt")
-    assert torch.load(cache_file, weights_only=True)["logits"].shape[0] == 64 + 40
+    assert torch.load(cache_file, weights_only=True)["logits"].shape[0] == 96 + 40
 
 
 def test_a_crash_then_resume_with_a_transfer_set_equals_the_uninterrupted_run(teacher, tmp_path):
