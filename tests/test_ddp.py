@@ -61,16 +61,23 @@ def test_distill_ddp_two_processes_shares_one_teacher_cache(tmp_path):
         "aot_eager",
         *scored,
         *small,
+        "--data.init_args.augment",  # transfer rows: 128 unlabelled augmented copies, labelled by the teacher
+        "[mask, swap, ngram]",
+        "--data.init_args.augment_factor",
+        "2",
+        "--data.init_args.transfer_ratio",
+        "1",
     ]
     result = run_cli_process("fit", *args, cwd=tmp_path, timeout=300)  # DDP: never in the pytest process
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 1  # built once, by rank 0
+    (cache,) = (tmp_path / "cache" / "teacher").glob("*.pt")  # built once, by rank 0, over the mixed split
+    assert torch.load(cache, weights_only=True)["logits"].shape[0] == 256
     assert (tmp_path / "student" / "checkpoints" / "last.ckpt").exists()
-    # each rank sees half the data: 128 rows / (2 ranks x batch 32) = 2 steps
+    # each rank sees half the data: 128 labelled + 128 transfer rows / (2 ranks x batch 32) = 4 steps
     last = torch.load(
         tmp_path / "student" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
-    assert last["global_step"] == 2
+    assert last["global_step"] == 4
     assert not any("teacher" in key for key in last["state_dict"])
     assert last["hyper_parameters"]["torch_compile"] == "aot_eager"
     # the scores synced over the 2 ranks (each validated half of each split), as the model card has
