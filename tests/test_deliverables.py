@@ -398,7 +398,7 @@ def test_int8_folder_reloads_as_the_identical_int8_model(tmp_path):
     from lightning_modules.artifacts.classifiers import load_trained
     from lightning_modules.artifacts.model_folder import write_model_folder
     from lightning_modules.methods.quantize import convert_to_int8, prepare_qat
-    from tests.test_quantize import inputs, tiny_classifier
+    from tests.int8_models import inputs, tiny_classifier
 
     int8 = convert_to_int8(prepare_qat(tiny_classifier("sequence")))
     quantization = {"scheme": "int8", "embeddings": True, "head": False}

@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--augment_factor", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=3, help="epochs on the labelled rows alone")
     parser.add_argument("--transfer_epochs", type=int, default=1, help="epochs with transfer rows")
+    parser.add_argument("--teacher_epochs", type=int, help="the teacher's epochs (default: --epochs)")
     options = parser.parse_args()
     sst2 = options.task == "sst2"
     out = options.out / options.task
@@ -116,7 +117,7 @@ def main() -> None:
             "--model.model_name_or_path",
             teacher_model,
             "--trainer.max_epochs",
-            str(options.epochs),
+            str(options.teacher_epochs or options.epochs),
             "--out_dir",
             str(teacher_dir),
             log=out / "teacher.log",
