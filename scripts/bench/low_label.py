@@ -2,8 +2,9 @@
 
 SST-2 with 1,000 labelled rows (the rest of train as unlabelled text) and CoNLL-2003 with 2,000
 labelled sentences (the rest without tags). A teacher trained on the labelled part (``--teacher``:
-MPNet for SST-2, the student architecture itself for CoNLL, where MPNet does not learn from 2,000
-sentences), then MiniLM-L6 students over seeds with ``shrink seeds``: plain fine-tuning on the
+MPNet for SST-2, the student architecture itself for CoNLL by default; ``--teacher mpnet
+--teacher_args "--data.batch_size 8 --model.learning_rate 5e-5" --teacher_epochs 6`` gives MPNet the
+optimizer steps it needs to learn NER from 2,000 sentences), then MiniLM-L6 students over seeds with ``shrink seeds``: plain fine-tuning on the
 labels; KD on the labels; KD + the transfer set; KD + augmentation; KD + both. Writes
 ``OUT/<task>/low_label.{json,md}`` (means ± std over seeds, gain over plain, share of the teacher,
 teacher-cache throughput). Rerunning skips finished runs and resumes killed ones.
@@ -18,6 +19,7 @@ import csv
 import json
 import random
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +88,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs on the labelled rows alone")
     parser.add_argument("--transfer_epochs", type=int, default=1, help="epochs with transfer rows")
     parser.add_argument("--teacher_epochs", type=int, help="the teacher's epochs (default: --epochs)")
+    parser.add_argument(
+        "--teacher_args", default="", help='more options for the teacher\'s fit, e.g. "--data.batch_size 8"'
+    )
     options = parser.parse_args()
     sst2 = options.task == "sst2"
     out = options.out / options.task
@@ -118,6 +123,7 @@ def main() -> None:
             teacher_model,
             "--trainer.max_epochs",
             str(options.teacher_epochs or options.epochs),
+            *shlex.split(options.teacher_args),
             "--out_dir",
             str(teacher_dir),
             log=out / "teacher.log",
