@@ -4,6 +4,8 @@ standard deviation; a rerun skips finished seeds; another command's OUT and bad 
 import json
 import statistics
 
+import pytest
+
 from tests.conftest import ROOT, run_script
 
 
@@ -24,6 +26,7 @@ def stage_args(tmp, epochs: str = "1") -> list[str]:
     ]
 
 
+@pytest.mark.slow  # a process per seed and per stage: a minute on 2 cores
 def test_seeds_report_mean_and_std_of_each_seeds_test_metrics_and_resume(tmp_path):
     out = tmp_path / "seeds"
     result = run_script("seeds", "--seeds", "0,5", "--out_dir", str(out), *stage_args(tmp_path), cwd=tmp_path)
