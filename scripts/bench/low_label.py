@@ -6,8 +6,9 @@ MPNet for SST-2, the student architecture itself for CoNLL by default; ``--teach
 --teacher_args "--data.batch_size 8 --model.learning_rate 5e-5" --teacher_epochs 6`` gives MPNet
 the optimizer steps it needs to learn NER from 2,000 sentences), then MiniLM-L6 students over seeds
 with ``shrink seeds``: plain fine-tuning on the labels; KD on the labels; KD + the transfer set;
-KD + augmentation; KD + both. Writes ``OUT/<task>/low_label.{json,md}`` (means ± std over seeds, gain over plain, share of the teacher,
-teacher-cache throughput). Rerunning skips finished runs and resumes killed ones.
+KD + augmentation; KD + both. Writes ``OUT/<task>/low_label.{json,md}`` (means ± std over seeds,
+gain over plain, share of the teacher, teacher-cache throughput). Rerunning skips finished runs and
+resumes killed ones.
 
     python scripts/bench/low_label.py --task sst2 --data DATA --models MODELS --out runs/low-label
 
