@@ -284,6 +284,30 @@ def test_steps_are_keyed_by_what_produced_them(tmp_path):
     assert all(base[k] != other[k] for k in base)
 
 
+def test_the_vocabulary_step_reads_the_students_transfer_text(tmp_path):
+    """A student distilled with transfer text learned its tokens: its vocabulary step keeps them too,
+    and another transfer file re-runs that step, not the other student's."""
+    transfer = {"data.init_args.transfer_files": ["a.txt"], "data.transfer_ratio": 3}
+    spec = {
+        "small": {"distill": str(DEMO / "distill.yaml"), "prune": [0], "set": transfer},
+        "plain": {"distill": str(DEMO / "distill.yaml"), "prune": [0]},
+    }
+    plan = build_plan(read_recipe(recipe(tmp_path, "a.yaml", students=spec, prune_vocabulary=True)))
+    vocabulary = {c.name: next(s for s in c.steps if s.kind == "vocabulary") for c in plan.candidates}
+    assert "--set" not in vocabulary["plain-vocab"].args
+    args = vocabulary["small-vocab"].args
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--set"] == [
+        'transfer_files=["a.txt"]',
+        "transfer_ratio=3",
+    ]
+    spec["small"]["set"] = {**transfer, "data.init_args.transfer_files": ["b.txt"]}
+    other = keys(build_plan(read_recipe(recipe(tmp_path, "b.yaml", students=spec, prune_vocabulary=True))))
+    base = keys(plan)
+    assert {k for k in base if base[k] != other[k]} == {("distill", "small")} | {
+        (kind, "small-vocab") for kind in ("vocabulary", "qat", "export", "measure")
+    }
+
+
 def test_a_pruned_vocabulary_that_fails_its_check_keeps_the_full_one(chain, tmp_path):
     """prune-vocab refuses a vocabulary that loses accuracy; the chain goes on with the full one and
     the report says so (a negative max_drop makes every check fail)."""

@@ -99,6 +99,20 @@ def test_prune_vocab_command_writes_a_standard_folder_that_int8_onnx_takes(fitte
     assert len(tokenizer) == model.config.vocab_size == report["vocabulary"]
     assert pipeline("text-classification", model=str(out))(UNSEEN)[0]["label"] in ("negative", "positive")
     assert "vocabulary pruning" in (out / "README.md").read_text()
+    # transfer text (unlabelled) of words the 40 rows lack: kept too, they keep their own pieces
+    unseen = set(demo_tokenizer(tmp).get_vocab()) - set(tokenizer.get_vocab())
+    words = " ".join(sorted(w for w in unseen if w.isalpha() and len(w) > 3)[:5])
+    text = tmp / "transfer.txt"
+    text.write_text(f"{words}\n")
+    wider = tmp / "vocab-transfer"
+    more = [*data, "--set", f"transfer_files=[{text}]", "--max-drop", "1"]
+    result = run_script("export.py", "prune-vocab", "--model", path, "--out", str(wider), *more, cwd=tmp)
+    assert result.returncode == 0, result.stderr[-2000:]
+    grown = json.loads(result.stdout[result.stdout.index("{") : result.stdout.rindex("}") + 1])
+    assert (grown["training_rows"], grown["transfer_rows"]) == (report["training_rows"], 1)
+    assert grown["vocabulary"] > report["vocabulary"]
+    pruned = AutoTokenizer.from_pretrained(wider)
+    assert pruned.tokenize(words) == words.split() != tokenizer.tokenize(words) and len(words.split()) == 5
     again = run_script("export.py", "prune-vocab", "--model", path, "--out", str(out), *data, cwd=tmp)
     assert again.returncode == 2 and "exists: pass --overwrite" in again.stderr
     onnx = tmp / "onnx-int8"

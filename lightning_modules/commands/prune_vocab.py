@@ -1,4 +1,6 @@
-"""``shrink prune-vocab``: keep the word embeddings of the tokens the training split uses, checked on the validation split."""
+"""``shrink prune-vocab``: keep the word embeddings of the tokens the training split uses (with its
+transfer text, when ``data.transfer_files`` gives one: the student learned those tokens too), checked
+on the validation split."""
 
 from __future__ import annotations
 
@@ -96,7 +98,8 @@ def prune_vocab_command(args: argparse.Namespace) -> None:
     data = datamodule_from_config(args.data, {"tokenizer": trained.tokenizer, **overrides})
     data.setup("validate")
     model = trained.model
-    train_ids = data.encoded_split(data.splits["fit"])["input_ids"]
+    train_ids = data.encoded_split(data.splits["fit"])["input_ids"]  # transfer rows included
+    transfer_rows = sum(bool(row.get("transfer")) for row in data.raw_split(data.splits["fit"]))
     keep = kept_token_ids(data.tokenizer, train_ids, args.min_count, args.keep_first)
     tokenizer = pruned_tokenizer(data.tokenizer, keep)
     smaller = copy.deepcopy(model)  # the full model stays as the reference
@@ -107,7 +110,8 @@ def prune_vocab_command(args: argparse.Namespace) -> None:
         "of": len(data.tokenizer),
         "min_count": args.min_count,
         "keep_first": args.keep_first,
-        "training_rows": len(train_ids),
+        "training_rows": len(train_ids) - transfer_rows,
+        "transfer_rows": transfer_rows,
         "cpu": cpu_name(),
     }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import InputError
-from lightning_modules.compress.recipe import Recipe
+from lightning_modules.compress.recipe import Recipe, Student
 from lightning_modules.compress.steps import Step
 
 # quick timing for a candidate's own measurement: the report times every candidate again, together
@@ -113,6 +113,17 @@ def teacher_tokenizer_args(teacher: str) -> list[str]:
     return []
 
 
+def transfer_text_args(student: Student) -> list[str]:
+    """The student's own transfer text for its vocabulary step: the student trained on those tokens
+    too, and a few thousand labelled rows alone leave out many words the validation split uses."""
+    args = []
+    for key, value in student.overrides.items():
+        name = key.removeprefix("data.").removeprefix("init_args.")
+        if key.startswith("data.") and name in ("transfer_files", "transfer_ratio", "transfer_seed"):
+            args += ["--set", f"{name}={yaml_value(value)}"]
+    return args
+
+
 def build_plan(recipe: Recipe) -> Plan:
     s = salt(recipe)
     teacher = None
@@ -175,7 +186,7 @@ def build_plan(recipe: Recipe) -> Plan:
                         "vocabulary",
                         name,
                         ["export", "prune-vocab", f"--model={steps[-1].ref}", "--out", "{dir}/model"]
-                        + ["--data", "{out}/run-data.yaml", "--overwrite"]
+                        + ["--data", "{out}/run-data.yaml", "--overwrite", *transfer_text_args(student)]
                         + [f"--{k.replace('_', '-')}={v}" for k, v in recipe.prune_vocabulary.items()],
                         inputs=[steps[-1]],
                         salt=s,
