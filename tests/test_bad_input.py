@@ -204,6 +204,20 @@ def cases(tmp: Path) -> dict[str, tuple]:
                 str(ROOT / "configs/demo-sequence/qat.yaml"),
             ],
         ),
+        "is not N or increasing N1,N2,...": (
+            "export",
+            [
+                "prune-vocab",
+                "--model",
+                str(tmp / "sequence_finetune" / "model"),
+                "--out",
+                str(tmp / "vocab"),
+                "--data",
+                str(ROOT / "configs/demo-sequence/qat.yaml"),
+                "--keep-first",
+                "20000,0",
+            ],
+        ),
         # GPU paths asked for on a machine without them (where they exist, these are not errors)
         **(
             {

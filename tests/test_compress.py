@@ -317,7 +317,7 @@ def test_a_pruned_vocabulary_that_fails_its_check_keeps_the_full_one(chain, tmp_
         tmp_path,
         teacher={"model": str(teacher)},
         students={"small": {"distill": str(DEMO / "distill.yaml"), "prune": [0]}},
-        prune_vocabulary={"max_drop": -1},
+        prune_vocabulary={"max_drop": -1, "keep_first": 0},
     )
     result = compress(config, tmp_path / "out")
     assert result.returncode == 0, result.stderr[-3000:]

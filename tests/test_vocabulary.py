@@ -82,10 +82,13 @@ def test_prune_vocab_command_writes_a_standard_folder_that_int8_onnx_takes(fitte
         "max_eval_samples=64",
     ]
     out = tmp / "vocab"
+    ladder = ["--keep-first", "0,200", "--max-drop", "-1"]  # each tried in turn; none can pass
     failed = run_script(
-        "export.py", "prune-vocab", "--model", path, "--out", str(out), *data, "--max-drop", "-1", cwd=tmp
+        "export.py", "prune-vocab", "--model", path, "--out", str(out), *data, *ladder, cwd=tmp
     )
     assert failed.returncode == 1 and "vocabulary check failed" in failed.stderr and not out.exists()
+    tried = json.loads(failed.stdout[failed.stdout.index("{") : failed.stdout.rindex("}") + 1])["tried"]
+    assert [t["keep_first"] for t in tried] == [0, 200] and tried[0]["vocabulary"] < tried[1]["vocabulary"]
     result = run_script(
         "export.py", "prune-vocab", "--model", path, "--out", str(out), *data, "--max-drop", "1", cwd=tmp
     )

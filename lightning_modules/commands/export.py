@@ -346,10 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     vocab.add_argument(
         "--keep-first",
-        type=int,
-        default=0,
-        help="also keep the tokenizer's first N ids (BERT-family "
-        "vocabularies list common pieces first): fewer unseen words fall apart into characters",
+        default="0",
+        help="also keep the tokenizer's first N ids (BERT-family vocabularies list common pieces first): "
+        "fewer unseen words fall apart into characters; N1,N2,... tries each in turn and writes the "
+        "first that passes the check",
     )
     vocab.add_argument(
         "--max-drop", type=float, default=0.005, help="fail if the validation metric drops more than this"

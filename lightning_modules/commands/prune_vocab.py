@@ -83,6 +83,17 @@ def vocabulary_parity(model, data, smaller, smaller_data, keep: list[int], task:
     }
 
 
+def keep_first_ladder(value: str) -> list[int]:
+    """``--keep-first``: N, or N1,N2,... in increasing order (each tried until one passes the check)."""
+    try:
+        ladder = [int(part) for part in str(value).split(",") if part.strip()]
+    except ValueError:
+        ladder = []
+    if not ladder or min(ladder) < 0 or ladder != sorted(ladder):
+        raise InputError(f"--keep-first {value!r} is not N or increasing N1,N2,...: token counts >= 0")
+    return ladder
+
+
 def prune_vocab_command(args: argparse.Namespace) -> None:
     trained = load_trained(args.model)
     if trained.quantization is not None:
@@ -94,32 +105,40 @@ def prune_vocab_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists: pass --overwrite or another --out")
+    keep_first_ladder(args.keep_first)
     overrides = parse_overrides(args.set)
     data = datamodule_from_config(args.data, {"tokenizer": trained.tokenizer, **overrides})
     data.setup("validate")
     model = trained.model
     train_ids = data.encoded_split(data.splits["fit"])["input_ids"]  # transfer rows included
     transfer_rows = sum(bool(row.get("transfer")) for row in data.raw_split(data.splits["fit"]))
-    keep = kept_token_ids(data.tokenizer, train_ids, args.min_count, args.keep_first)
-    tokenizer = pruned_tokenizer(data.tokenizer, keep)
-    smaller = copy.deepcopy(model)  # the full model stays as the reference
-    prune_vocabulary(smaller, keep)
-    report = {
-        "model": args.model,
-        "vocabulary": len(keep),
-        "of": len(data.tokenizer),
-        "min_count": args.min_count,
-        "keep_first": args.keep_first,
-        "training_rows": len(train_ids) - transfer_rows,
-        "transfer_rows": transfer_rows,
-        "cpu": cpu_name(),
-    }
-
-    with tempfile.TemporaryDirectory() as folder:  # the pruned tokenizer, as the datamodule loads one
-        save_tokenizer(tokenizer, folder)
-        smaller_data = datamodule_from_config(args.data, {"tokenizer": folder, **overrides})
-        smaller_data.setup("validate")
-        report.update(vocabulary_parity(model, data, smaller, smaller_data, keep, trained.task))
+    tried = []
+    for keep_first in keep_first_ladder(
+        args.keep_first
+    ):  # the smallest vocabulary first; the first that passes is written
+        keep = kept_token_ids(data.tokenizer, train_ids, args.min_count, keep_first)
+        tokenizer = pruned_tokenizer(data.tokenizer, keep)
+        smaller = copy.deepcopy(model)  # the full model stays as the reference
+        prune_vocabulary(smaller, keep)
+        report = {
+            "model": args.model,
+            "vocabulary": len(keep),
+            "of": len(data.tokenizer),
+            "min_count": args.min_count,
+            "keep_first": keep_first,
+            "training_rows": len(train_ids) - transfer_rows,
+            "transfer_rows": transfer_rows,
+            "cpu": cpu_name(),
+        }
+        with tempfile.TemporaryDirectory() as folder:  # the pruned tokenizer, as the datamodule loads one
+            save_tokenizer(tokenizer, folder)
+            smaller_data = datamodule_from_config(args.data, {"tokenizer": folder, **overrides})
+            smaller_data.setup("validate")
+            report.update(vocabulary_parity(model, data, smaller, smaller_data, keep, trained.task))
+        tried.append({k: report[k] for k in ("keep_first", "vocabulary", "pruned")})
+        report["tried"] = tried
+        if report["pruned"] >= report["full"] - args.max_drop:
+            break
     print(json.dumps(report, indent=1))
     if report["pruned"] < report["full"] - args.max_drop:
         raise InputError(
