@@ -105,7 +105,7 @@ def prune_vocab_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists: pass --overwrite or another --out")
-    keep_first_ladder(args.keep_first)
+    ladder = keep_first_ladder(args.keep_first)
     overrides = parse_overrides(args.set)
     data = datamodule_from_config(args.data, {"tokenizer": trained.tokenizer, **overrides})
     data.setup("validate")
@@ -113,9 +113,7 @@ def prune_vocab_command(args: argparse.Namespace) -> None:
     train_ids = data.encoded_split(data.splits["fit"])["input_ids"]  # transfer rows included
     transfer_rows = sum(bool(row.get("transfer")) for row in data.raw_split(data.splits["fit"]))
     tried = []
-    for keep_first in keep_first_ladder(
-        args.keep_first
-    ):  # the smallest vocabulary first; the first that passes is written
+    for keep_first in ladder:  # the smallest vocabulary first; the first that passes is written
         keep = kept_token_ids(data.tokenizer, train_ids, args.min_count, keep_first)
         tokenizer = pruned_tokenizer(data.tokenizer, keep)
         smaller = copy.deepcopy(model)  # the full model stays as the reference

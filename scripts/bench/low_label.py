@@ -4,7 +4,8 @@ SST-2 with 1,000 labelled rows (the rest of train as unlabelled text) and CoNLL-
 labelled sentences (the rest without tags). A teacher trained on the labelled part (``--teacher``:
 MPNet for SST-2, the student architecture itself for CoNLL by default; ``--teacher mpnet
 --teacher_args "--data.batch_size 8 --model.learning_rate 5e-5" --teacher_epochs 6`` gives MPNet
-the optimizer steps it needs to learn NER from 2,000 sentences), then MiniLM-L6 students over seeds
+the optimizer steps it needs to learn NER from 2,000 sentences; ``--labelled 0``: all of train, no
+transfer text), then MiniLM-L6 students over seeds
 with ``shrink seeds``: plain fine-tuning on the labels; KD on the labels; KD + the transfer set;
 KD + augmentation; KD + both. Writes ``OUT/<task>/low_label.{json,md}`` (means ± std over seeds,
 gain over plain, share of the teacher, teacher-cache throughput). Rerunning skips finished runs and
@@ -94,10 +95,15 @@ def main() -> None:
     parser.add_argument(
         "--teacher_args", default="", help='more options for the teacher\'s fit, e.g. "--data.batch_size 8"'
     )
+    parser.add_argument("--student_args", default="", help="more options for every student's fit")
+    parser.add_argument(
+        "--labelled", type=int, help="labelled rows (default 1,000 SST-2, 2,000 CoNLL); 0: all of train"
+    )
     options = parser.parse_args()
     sst2 = options.task == "sst2"
     out = options.out / options.task
-    files = (prepare_sst2 if sst2 else prepare_conll)(options.data, out / "data", 1000 if sst2 else 2000)
+    labelled = options.labelled if options.labelled is not None else (1000 if sst2 else 2000)
+    files = (prepare_sst2 if sst2 else prepare_conll)(options.data, out / "data", labelled or sys.maxsize)
     teacher_kind = options.teacher or ("mpnet" if sst2 else "minilm")
     minilm, mpnet = str(options.models / "all-MiniLM-L6-v2"), str(options.models / "all-mpnet-base-v2")
     teacher_model = mpnet if teacher_kind == "mpnet" else minilm
@@ -113,43 +119,48 @@ def main() -> None:
     ]
     # eager: these runs are short, and inductor's compile (minutes on 2 cores) would dominate them
     lr = ["--model.learning_rate", "1e-4", "--model.torch_compile", "false"]
+    student = shlex.split(options.student_args)
     teacher_dir = out / f"teacher-{teacher_kind}"
-    if not (teacher_dir / "model").exists():
-        print(f"teacher ({teacher_kind}) -> {teacher_dir}", file=sys.stderr)
-        shrink(
-            "fit",
-            "--config",
-            f"{ROOT}/configs/{folder}/finetune.yaml",
-            *data,
-            *lr,
-            "--model.model_name_or_path",
-            teacher_model,
-            "--trainer.max_epochs",
-            str(options.teacher_epochs or options.epochs),
-            *shlex.split(options.teacher_args),
-            "--out_dir",
-            str(teacher_dir),
-            log=out / "teacher.log",
-        )
-    if not (teacher_dir / "test_metrics.json").exists():
-        shrink(
-            "test",
-            "--config",
-            f"{ROOT}/configs/{folder}/finetune.yaml",
-            *data,
-            "--model.model_name_or_path",
-            teacher_model,
-            "--out_dir",
-            str(teacher_dir),
-            "--ckpt_path",
-            "last",
-            log=out / "teacher-test.log",
-        )
+    variants = options.variants.split(",")
+    # plain students need no teacher: their seeds can run beside its training
+    if variants != ["plain"]:
+        if not (teacher_dir / "model").exists():
+            print(f"teacher ({teacher_kind}) -> {teacher_dir}", file=sys.stderr)
+            shrink(
+                "fit",
+                "--config",
+                f"{ROOT}/configs/{folder}/finetune.yaml",
+                *data,
+                *lr,
+                "--model.model_name_or_path",
+                teacher_model,
+                "--trainer.max_epochs",
+                str(options.teacher_epochs or options.epochs),
+                *shlex.split(options.teacher_args),
+                "--out_dir",
+                str(teacher_dir),
+                log=out / "teacher.log",
+            )
+        if not (teacher_dir / "test_metrics.json").exists():
+            shrink(
+                "test",
+                "--config",
+                f"{ROOT}/configs/{folder}/finetune.yaml",
+                *data,
+                "--model.model_name_or_path",
+                teacher_model,
+                "--out_dir",
+                str(teacher_dir),
+                "--ckpt_path",
+                "last",
+                log=out / "teacher-test.log",
+            )
     kd = [
         "--config",
         f"{ROOT}/configs/{folder}/distill.yaml",
         *data,
         *lr,
+        *student,
         "--model.teacher",
         str(teacher_dir / "checkpoints" / "last.ckpt"),
         "--model.student_model_name_or_path",
@@ -177,6 +188,7 @@ def main() -> None:
             f"{ROOT}/configs/{folder}/finetune.yaml",
             *data,
             *lr,
+            *student,
             "--model.model_name_or_path",
             minilm,
             *epochs,
@@ -186,7 +198,7 @@ def main() -> None:
         "kd-augment": [*kd, *augment, *ratio, *transfer_epochs],
         "kd-both": [*kd, *transfer, *augment, *ratio, *transfer_epochs],
     }
-    for name in options.variants.split(","):
+    for name in variants:
         print(f"{name}: shrink seeds --seeds {options.seeds}", file=sys.stderr)
         shrink(
             "seeds",
@@ -202,7 +214,8 @@ def main() -> None:
 
 def report(out: Path, options, teacher_kind: str, teacher_dir: Path) -> None:
     metric = "test/accuracy" if options.task == "sst2" else "test/f1"
-    teacher = json.loads((teacher_dir / "test_metrics.json").read_text())[metric]
+    scores = teacher_dir / "test_metrics.json"
+    teacher = json.loads(scores.read_text())[metric] if scores.exists() else None
     rows, results = [], {"teacher": {"kind": teacher_kind, metric: teacher}, "variants": {}}
     plain = None
     for name in VARIANTS:
@@ -214,12 +227,12 @@ def report(out: Path, options, teacher_kind: str, teacher_dir: Path) -> None:
         throughput = cache_throughput(out / name)
         results["variants"][name] = {**stats, "teacher_cache_rows_per_s": throughput}
         gain = f"{100 * (stats['mean'] - plain):+.2f}" if plain is not None and name != "plain" else ""
+        share = f"{100 * stats['mean'] / teacher:.1f}%" if teacher else ""
         rows.append(
-            f"| {name} | {stats['mean']:.4f} ± {stats['std']:.4f} | {gain} | {100 * stats['mean'] / teacher:.1f}% "
-            f"| {throughput or ''} |"
+            f"| {name} | {stats['mean']:.4f} ± {stats['std']:.4f} | {gain} | {share} | {throughput or ''} |"
         )
     table = [
-        f"Teacher ({teacher_kind}, on the labelled rows): {metric} {teacher:.4f}",
+        f"Teacher ({teacher_kind}, on the labelled rows): {metric} {'not run' if teacher is None else f'{teacher:.4f}'}",
         "",
         f"| student (MiniLM-L6), {options.seeds} seeds | {metric} mean ± std | vs plain (points) | of teacher "
         "| teacher scoring, rows/s |",
