@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import wandb
 
 from tests.conftest import ROOT, run_cli, run_cli_process, tiny_args
 
@@ -35,6 +36,9 @@ def test_ddp_validation_equals_single_process(tmp_path):
 
 def wandb_records(run_dir: Path) -> bytes:
     """The bytes of the offline W&B run files: protobuf stores keys and config values as plain UTF-8."""
+    # the wandb-core service writes them after finish() returns; in one process (tests) it stays up,
+    # so wait for it as a command's exit does
+    wandb.teardown()
     files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert files, f"no offline W&B run in {run_dir}"
     return b"".join(f.read_bytes() for f in files)
