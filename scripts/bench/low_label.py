@@ -231,10 +231,11 @@ def report(out: Path, options, teacher_kind: str, teacher_dir: Path) -> None:
         rows.append(
             f"| {name} | {stats['mean']:.4f} ± {stats['std']:.4f} | {gain} | {share} | {throughput or ''} |"
         )
+    seeds = f"{options.seeds} seeds" if options.seeds.isdigit() else f"seeds {options.seeds.strip(',')}"
     table = [
         f"Teacher ({teacher_kind}, on the labelled rows): {metric} {'not run' if teacher is None else f'{teacher:.4f}'}",
         "",
-        f"| student (MiniLM-L6), {options.seeds} seeds | {metric} mean ± std | vs plain (points) | of teacher "
+        f"| student (MiniLM-L6), {seeds} | {metric} mean ± std | vs plain (points) | of teacher "
         "| teacher scoring, rows/s |",
         "|---|---|---|---|---|",
         *rows,
