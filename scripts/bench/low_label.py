@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lightning_modules.commands.seeds import seed_list
+
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ["plain", "kd", "kd-transfer", "kd-augment", "kd-both"]
 
@@ -231,7 +233,7 @@ def report(out: Path, options, teacher_kind: str, teacher_dir: Path) -> None:
         rows.append(
             f"| {name} | {stats['mean']:.4f} ± {stats['std']:.4f} | {gain} | {share} | {throughput or ''} |"
         )
-    seeds = f"{options.seeds} seeds" if options.seeds.isdigit() else f"seeds {options.seeds.strip(',')}"
+    seeds = "seeds " + ", ".join(map(str, seed_list(options.seeds)))
     table = [
         f"Teacher ({teacher_kind}, on the labelled rows): {metric} {'not run' if teacher is None else f'{teacher:.4f}'}",
         "",
